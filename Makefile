@@ -1,0 +1,42 @@
+# Two entry points: `make demo` and `make test`. Each does the whole set-up on a fresh machine.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.tokfilter-installed
+SOURCES := artifacts/sources
+
+.PHONY: demo test install sources clean
+
+demo: install sources
+	$(BIN)/tokfilter demo
+
+test: install sources
+	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+install: $(STAMP)
+
+# torch is installed first and pinned: the local CPU wheel, never an unpinned CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Debian data sources of the demo corpus: WordNet and fortunes are installed, Gene Ontology is only
+# unpacked (its R package is not wanted, just GO.sqlite).
+sources: $(SOURCES)/go/GO.sqlite /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes
+
+/usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes:
+	apt-get update -q && apt-get install -y -q wordnet-base fortunes
+
+$(SOURCES)/go/GO.sqlite:
+	mkdir -p $(SOURCES)/deb $(SOURCES)/go
+	cd $(SOURCES)/deb && apt-get download r-bioc-go.db
+	dpkg-deb -x $(SOURCES)/deb/r-bioc-go.db_*.deb $(SOURCES)/deb/root
+	find $(SOURCES)/deb/root -name GO.sqlite -exec cp {} $@ \;
+	test -s $@
+
+clean:
+	rm -rf artifacts $(VENV)

@@ -1,0 +1,58 @@
+"""In-process ONNX Runtime scoring of window batches: the reference every served path must match."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tokfilter.errors import TokfilterError
+from tokfilter.modelcard import ModelCard, load_model_card
+
+MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def forget_probability(logits: np.ndarray) -> np.ndarray:
+    """p(forget class) from logits [..., 2], computed stably as sigmoid(l1 - l0)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    return (1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))).astype(np.float32)
+
+
+def onnx_providers(device: str = "cpu") -> list[str]:
+    """Execution providers for ``device``: CUDA first when asked for and available."""
+    import onnxruntime as ort
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise TokfilterError("device 'cuda' asked for, but onnxruntime has no CUDA provider (pip install 'tokfilter[gpu]')")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxWindowScorer:
+    """Scores padded window batches with an exported classifier.
+
+    Token model: ``(input_ids, attention_mask) [B, S] -> p(forget) [B, S]``.
+    Document model: ``-> p(forget) [B]``.
+    """
+
+    def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int | None = None, device: str = "cpu"):
+        import onnxruntime as ort
+
+        if precision not in MODEL_FILES:
+            raise TokfilterError(f"precision must be one of {sorted(MODEL_FILES)}, got {precision!r}")
+        self.model_dir = Path(model_dir)
+        self.card: ModelCard = load_model_card(self.model_dir)
+        path = self.model_dir / MODEL_FILES[precision]
+        if not path.is_file():
+            raise TokfilterError(f"model file not found: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or int(os.environ.get("TOKFILTER_ORT_THREADS", os.cpu_count() or 1))
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})
+        return forget_probability(logits)

@@ -1,0 +1,52 @@
+"""``tokfilter.json``: what a served model needs besides its weights (threshold, windowing, labels)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tokfilter.errors import TokfilterError
+
+CARD_FILE = "tokfilter.json"
+
+
+@dataclass
+class ModelCard:
+    """Metadata saved next to ``model.onnx``.
+
+    ``output`` says what the ONNX graph returns: ``"logits"`` of shape [batch, seq, 2] for the token
+    model and [batch, 2] for the document model; class 1 (``labels[1]``) is the forget domain.
+    ``max_length`` counts the special tokens; ``stride`` is the overlap, in tokens, between
+    consecutive windows of a long document.
+    """
+
+    name: str
+    task: str  # "token" or "document"
+    labels: list[str]
+    output: str
+    max_length: int
+    stride: int
+    threshold: float
+    threshold_recall95: float
+    metrics: dict = field(default_factory=dict)
+    data_digest: str = ""
+    encoder: str = ""
+    num_layers: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / CARD_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def load_model_card(model_dir: Path | str) -> ModelCard:
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        raise TokfilterError(f"model card not found: {path} (run `tokfilter train-classifier` first)")
+    try:
+        data = json.loads(path.read_text())
+        return ModelCard(**data)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise TokfilterError(f"model card {path} is not valid: {err}") from err
