@@ -100,8 +100,8 @@ def char_probabilities(offsets: np.ndarray, token_probs: np.ndarray, n_chars: in
 
 
 def spans_from_char_probs(char_probs: np.ndarray, threshold: float) -> list[Span]:
-    """Maximal runs of characters with probability >= ``threshold``."""
-    flagged = np.asarray(char_probs) >= threshold
+    """Maximal runs of characters with probability >= ``threshold`` (compared in float32)."""
+    flagged = np.asarray(char_probs, dtype=np.float32) >= np.float32(threshold)
     if not flagged.any():
         return []
     edges = np.flatnonzero(np.diff(np.concatenate([[0], flagged.astype(np.int8), [0]])))
