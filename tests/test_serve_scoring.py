@@ -1,0 +1,120 @@
+"""The shared document-scoring pipeline: batching, windowing and stitching through any scorer."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokfilter.inference import OnnxWindowScorer
+from tokfilter.scoring import (
+    ScoredModel,
+    ScoringPipeline,
+    hide_spans,
+    plan_batches,
+    safe_text,
+)
+from tokfilter.windows import Span, load_tokenizer
+
+
+@given(
+    st.lists(st.integers(1, 300), max_size=60),
+    st.integers(1, 2000),
+    st.integers(1, 16),
+)
+def test_batches_hold_every_item_once_within_budget(lengths, budget, max_size):
+    batches = plan_batches(lengths, budget, max_size)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= max_size
+        width = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * width <= budget
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=50))
+def test_safe_text_keeps_length_and_encodes(text):
+    clean = safe_text(text)
+    assert len(clean) == len(text)
+    clean.encode("utf-8")
+
+
+@given(st.text(max_size=40), st.data())
+def test_hide_spans_replaces_exactly_the_spans(text, data):
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(text)), max_size=6))))
+    spans = [Span(a, b, 1.0) for a, b in zip(cuts[::2], cuts[1::2])]
+    hidden = hide_spans(text, spans)
+    kept = sum(s.end - s.start for s in spans)
+    assert len(hidden) == len(text) - kept + len(spans) * len("[hidden]")
+    if not spans:
+        assert hidden == text
+
+
+def id_scorer(input_ids, attention_mask):
+    """A scorer whose token probability depends on the token id only: stitching must preserve it."""
+    return ((input_ids * 7919) % 1000 / 1000.0).astype(np.float32) * attention_mask
+
+
+def first_token_doc_scorer(input_ids, attention_mask):
+    return (input_ids[:, 1] % 100 / 100.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models_dir):
+    return load_tokenizer(tiny_models_dir / "token_classifier" / "tokenizer.json")
+
+
+words = st.sampled_from(["cell", "the", "insulin", "dose", "é", "🧬", "tumour", "\u200b", "  ", "\n", "a.b"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.lists(words, max_size=120).map(" ".join), min_size=1, max_size=5),
+    st.integers(8, 40),
+    st.integers(16, 512),
+)
+def test_windowed_scores_equal_unwindowed_for_position_free_scorer(tokenizer, texts, max_length, budget):
+    pipeline = ScoringPipeline(
+        tokenizer,
+        ScoredModel(id_scorer, max_length, max_length // 3),
+        0.5,
+        doc_model=ScoredModel(first_token_doc_scorer, max_length, 0),
+        max_batch_tokens=budget,
+    )
+    results = pipeline.score(texts)
+    for text, res in zip(texts, results):
+        expected = id_scorer(res.token_ids[None], np.ones((1, len(res.token_ids)), dtype=np.int64))[0]
+        np.testing.assert_array_equal(res.token_probs, expected)
+        assert res.char_probs.shape == (len(text),)
+        assert res.offsets.shape == (len(res.token_ids), 2)
+        assert all(0 <= s.start < s.end <= len(text) for s in res.spans)
+        assert 0.0 <= res.doc_score <= 1.0
+
+
+def test_onnx_scores_do_not_depend_on_batching_or_concurrency(tiny_models_dir):
+    texts = ["", "Insulin lowers blood glucose. " * 80, "A cell divides.", "\ud800 odd \u0000 text 🧬"]
+    serial = ScoringPipeline.from_model_dirs(
+        tiny_models_dir / "token_classifier", tiny_models_dir / "doc_classifier", max_batch_tokens=1
+    ).score(texts)
+    with ThreadPoolExecutor(4) as pool:
+        batched = ScoringPipeline.from_model_dirs(
+            tiny_models_dir / "token_classifier", tiny_models_dir / "doc_classifier",
+            max_batch_tokens=4096, executor=pool,
+        ).score(texts)
+    for a, b, text in zip(serial, batched, texts):
+        np.testing.assert_allclose(a.token_probs, b.token_probs, atol=1e-5)
+        assert a.doc_score == pytest.approx(b.doc_score, abs=1e-5)
+        assert len(a.char_probs) == len(text)
+    assert len(serial[1].token_ids) > 128  # long enough to need several windows
+    assert serial[0].token_probs.size == 0 and serial[0].flagged_fraction == 0.0
+
+
+def test_whole_document_matches_a_single_onnx_call_when_it_fits(tiny_models_dir):
+    model_dir = tiny_models_dir / "token_classifier"
+    pipeline = ScoringPipeline.from_model_dirs(model_dir)
+    text = "The patient received insulin for diabetes while the cell divided."
+    (result,) = pipeline.score([text])
+    enc = pipeline.tokenizer.encode(text)
+    ids = np.asarray([enc.ids], dtype=np.int64)
+    direct = OnnxWindowScorer(model_dir)(ids, np.ones_like(ids))[0, 1:-1]
+    np.testing.assert_allclose(result.token_probs, direct, atol=1e-5)

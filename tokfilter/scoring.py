@@ -1,0 +1,268 @@
+"""The one document-scoring pipeline of the project.
+
+Every path that scores documents goes through :class:`ScoringPipeline`: in-process ONNX Runtime,
+the Triton client (``FilterClient``), the REST gateway, the Triton ``filter_text`` model and the
+corpus filter. Steps: tokenize once (offsets in code points) -> plan windows per model
+(``tokfilter.windows``) -> group windows into batches bounded by a padded-token budget, sorted by
+length so that a batch pads little -> call a *window scorer* -> stitch -> character
+probabilities and spans.
+
+A window scorer is any callable ``(input_ids [B, S], attention_mask [B, S]) -> probs``: ``[B, S]``
+p(forget) per position for the token model, ``[B]`` for the document model. That is all a backend
+has to provide (``OnnxWindowScorer``, a Triton gRPC call, ...).
+
+Document score of a long document: the highest window score (a document is as "forget" as its most
+forget-like window), so a long document is never judged on its first window only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from tokfilter.errors import TokfilterError
+from tokfilter.modelcard import ModelCard, load_model_card
+from tokfilter.windows import (
+    Span,
+    Window,
+    char_probabilities,
+    load_tokenizer,
+    pad_batch,
+    plan_windows,
+    spans_from_char_probs,
+    stitch_window_scores,
+)
+
+WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH_SIZE = 64
+HIDDEN_TOKEN = "[hidden]"
+
+
+@dataclass
+class DocumentScores:
+    """Scores of one document. ``offsets`` are half-open code-point offsets of ``token_ids``."""
+
+    doc_score: float | None
+    token_ids: np.ndarray  # int64 [n]
+    offsets: np.ndarray  # int64 [n, 2]
+    token_probs: np.ndarray  # float32 [n]
+    char_probs: np.ndarray  # float32 [len(text)]
+    spans: list[Span]
+    threshold: float
+
+    @property
+    def flagged_fraction(self) -> float:
+        """Fraction of tokens at or above the threshold (0 for an empty document)."""
+        if len(self.token_probs) == 0:
+            return 0.0
+        return float(np.mean(self.token_probs >= self.threshold))
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """Content tokens of a text (no special tokens) and their code-point offsets."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+
+
+@dataclass(frozen=True)
+class ScoredModel:
+    """A window scorer with the windowing its model was trained for."""
+
+    scorer: WindowScorer
+    max_length: int
+    stride: int
+
+    @classmethod
+    def from_card(cls, scorer: WindowScorer, card: ModelCard) -> "ScoredModel":
+        return cls(scorer, card.max_length, card.stride)
+
+
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Group item indices into batches whose padded size (count x longest) fits ``max_batch_tokens``.
+
+    Items are taken longest first, so each batch holds similar lengths and pads little. An item
+    longer than the budget gets a batch of its own.
+    """
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            batch = batches[-1]
+            width = lengths[batch[0]]
+            if len(batch) < max_batch_size and (len(batch) + 1) * width <= max_batch_tokens:
+                batch.append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by '?', so it can be tokenized; lengths unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """Ids the tokenizer puts before and after the content of a single sequence ([CLS], [SEP])."""
+    enc = tokenizer.encode("a", add_special_tokens=True)
+    mask = enc.special_tokens_mask
+    n_prefix = next((i for i, m in enumerate(mask) if not m), len(mask))
+    n_suffix = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+    return list(enc.ids[:n_prefix]), list(enc.ids[len(mask) - n_suffix :])
+
+
+def hide_spans(text: str, spans: Sequence[Span], hidden: str = HIDDEN_TOKEN) -> str:
+    """``text`` with each span replaced by ``hidden`` (spans sorted and disjoint)."""
+    parts, pos = [], 0
+    for span in spans:
+        parts += [text[pos : span.start], hidden]
+        pos = span.end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+class ScoringPipeline:
+    """Tokenize, window, batch, score and stitch documents with a token model and an optional
+    document model sharing one tokenizer.
+
+    ``executor``: when given, batches are scored concurrently on it (its worker count bounds the
+    requests in flight, e.g. to a remote server); otherwise in the calling thread.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        token_model: ScoredModel,
+        threshold: float,
+        doc_model: ScoredModel | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        executor: Executor | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.token_model = token_model
+        self.doc_model = doc_model
+        self.threshold = threshold
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.executor = executor
+        self.prefix, self.suffix = special_tokens(tokenizer)
+        n_special = len(self.prefix) + len(self.suffix)
+        for model in filter(None, (token_model, doc_model)):
+            if model.max_length <= n_special:
+                raise TokfilterError(f"max_length must exceed the {n_special} special tokens, got {model.max_length}")
+
+    @classmethod
+    def from_model_dirs(
+        cls,
+        token_dir: Path | str,
+        doc_dir: Path | str | None = None,
+        make_scorer: Callable[[Path], WindowScorer] | None = None,
+        **kwargs,
+    ) -> "ScoringPipeline":
+        """Pipeline over exported model directories; ``make_scorer(model_dir)`` builds each model's
+        scorer (default: in-process ONNX Runtime, fp32)."""
+        if make_scorer is None:
+            from tokfilter.inference import OnnxWindowScorer
+
+            make_scorer = OnnxWindowScorer
+        token_dir = Path(token_dir)
+        token_card = load_model_card(token_dir)
+        tokenizer = load_tokenizer(token_dir / "tokenizer.json")
+        doc_model = None
+        if doc_dir is not None:
+            doc_dir = Path(doc_dir)
+            check_same_tokenizer(token_dir, doc_dir)
+            doc_model = ScoredModel.from_card(make_scorer(doc_dir), load_model_card(doc_dir))
+        token_model = ScoredModel.from_card(make_scorer(token_dir), token_card)
+        return cls(tokenizer, token_model, token_card.threshold, doc_model, **kwargs)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Content tokens and code-point offsets of each text, without truncation."""
+        encodings = self.tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
+        return [
+            EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
+            for e in encodings
+        ]
+
+    def score(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
+        """Scores of each text: token probabilities, character probabilities, spans, document score."""
+        threshold = self.threshold if threshold is None else threshold
+        encoded = self.encode(texts)
+        token_scores = self._score_windows(self.token_model, encoded, per_token=True)
+        doc_scores = self._score_windows(self.doc_model, encoded, per_token=False) if self.doc_model else None
+        results = []
+        for i, (text, enc) in enumerate(zip(texts, encoded)):
+            windows, window_probs = token_scores[i]
+            probs = stitch_window_scores(len(enc.ids), windows, window_probs)
+            chars = char_probabilities(enc.offsets, probs, len(text))
+            doc_score = float(max(doc_scores[i][1])) if doc_scores else None
+            results.append(
+                DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars, spans_from_char_probs(chars, threshold), threshold)
+            )
+        return results
+
+    def score_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Document scores only (the cheap first pass), float32 [len(texts)]."""
+        if self.doc_model is None:
+            raise TokfilterError("this pipeline has no document model")
+        scored = self._score_windows(self.doc_model, self.encode(texts), per_token=False)
+        return np.asarray([max(probs) for _, probs in scored], dtype=np.float32)
+
+    def _score_windows(
+        self, model: ScoredModel, encoded: list[EncodedText], per_token: bool
+    ) -> list[tuple[list[Window], list]]:
+        """Windows of each document and, for each window, its content-token scores (``per_token``)
+        or its window score."""
+        max_content = model.max_length - len(self.prefix) - len(self.suffix)
+        stride = min(model.stride, max_content - 1)
+        plans = [plan_windows(len(enc.ids), max_content, stride) for enc in encoded]
+        items = [(d, w) for d, plan in enumerate(plans) for w in range(len(plan))]
+        sequences = [
+            np.concatenate([self.prefix, encoded[d].ids[plans[d][w].start : plans[d][w].end], self.suffix]).astype(np.int64)
+            for d, w in items
+        ]
+        batches = plan_batches([len(s) for s in sequences], self.max_batch_tokens, self.max_batch_size)
+
+        def run(batch: list[int]) -> np.ndarray:
+            ids, mask = pad_batch([sequences[i] for i in batch])
+            return np.asarray(model.scorer(ids, mask), dtype=np.float32)
+
+        outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
+        window_out: list = [None] * len(items)
+        n_prefix = len(self.prefix)
+        for batch, probs in zip(batches, outputs):
+            for row, i in enumerate(batch):
+                if per_token:
+                    n = len(sequences[i]) - n_prefix - len(self.suffix)
+                    window_out[i] = probs[row, n_prefix : n_prefix + n]
+                else:
+                    window_out[i] = float(np.ravel(probs[row])[0])
+        result: list[tuple[list[Window], list]] = [(plan, []) for plan in plans]
+        for (d, _), out in zip(items, window_out):
+            result[d][1].append(out)
+        return result
+
+
+def check_same_tokenizer(token_dir: Path, doc_dir: Path) -> None:
+    """The two models share one tokenization; refuse a pair whose tokenizers differ."""
+    a, b = token_dir / "tokenizer.json", doc_dir / "tokenizer.json"
+    for path in (a, b):
+        if not path.is_file():
+            raise TokfilterError(f"tokenizer file not found: {path}")
+    if a.read_bytes() != b.read_bytes():
+        raise TokfilterError(f"{a} and {b} differ: the token and document models must share one tokenizer")
