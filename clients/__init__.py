@@ -1,1 +1,2 @@
 """tokfilter.clients"""
+from tokfilter.clients.masked_shards import MaskedShards  # noqa: F401  (training reader of masked shards)

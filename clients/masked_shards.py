@@ -1,0 +1,136 @@
+"""The training-side reader of masked shards (stable API for the pretraining code).
+
+    from tokfilter.clients import MaskedShards
+    ds = MaskedShards("artifacts/shards", seq_len=256, threshold=0.5, mode="mask")
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2)
+    for input_ids, targets, loss_weights in loader:      # int64, int64, float32; each [B, seq_len]
+        loss = (F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+                * loss_weights.flatten()).sum() / loss_weights.sum().clamp(min=1)
+
+The shards' documents (each followed by an end-of-text token) form one token stream, cut into
+``num_samples`` sequences of ``seq_len + 1`` tokens that overlap by one token: sample ``k`` covers
+stream positions ``[k*seq_len, (k+1)*seq_len]``, so every target is predicted exactly once.
+
+Modes (``threshold`` applies to token probabilities; ``doc_threshold``, default ``threshold``, to
+document scores):
+  * ``nomask``: every weight is 1 (the unfiltered baseline).
+  * ``document``: documents whose document score >= ``doc_threshold`` are dropped from the stream.
+  * ``mask``: weight 0 where the *target* token is flagged (probability >= threshold). The input
+    position that predicts a flagged token is what is masked, not the flagged input itself.
+  * ``remove``: flagged ids become the ``[hidden]`` id in inputs and targets, and their targets have
+    weight 0, so the model never sees nor learns the forgotten tokens.
+
+Samples are dealt round-robin to (rank, DataLoader worker) pairs: rank and world size come from the
+arguments, else from ``torch.distributed`` when it is initialised. Together the pairs cover every
+sample exactly once. ``shuffle_seed`` permutes the sample order identically on every rank first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from tokfilter.clients.shards import open_shards
+from tokfilter.errors import TokfilterError
+
+MODES = ("nomask", "document", "mask", "remove")
+
+
+class MaskedShards(IterableDataset):
+    """Yields ``(input_ids, targets, loss_weights)`` of length ``seq_len`` from a shard directory."""
+
+    def __init__(
+        self,
+        shard_dir: Path | str,
+        seq_len: int,
+        threshold: float = 0.5,
+        mode: str = "mask",
+        doc_threshold: float | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_seed: int | None = None,
+    ):
+        if mode not in MODES:
+            raise TokfilterError(f"mode must be one of {MODES}, got {mode!r}")
+        if seq_len < 1:
+            raise TokfilterError(f"seq_len must be >= 1, got {seq_len}")
+        if not 0.0 <= threshold <= 1.0:
+            raise TokfilterError(f"threshold must be in [0, 1], got {threshold}")
+        self.shard_dir = Path(shard_dir)
+        self.seq_len = seq_len
+        self.threshold = threshold
+        self.doc_threshold = threshold if doc_threshold is None else doc_threshold
+        self.mode = mode
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_seed = shuffle_seed
+        self.manifest, shards = open_shards(self.shard_dir)
+        self.eot_id = int(self.manifest["eot_id"])
+        self.hidden_id = self.manifest.get("hidden_id")
+        if mode == "remove" and self.hidden_id is None:
+            raise TokfilterError(f"mode 'remove' needs a [hidden] token, but the target tokenizer of {shard_dir} has none")
+        self._ids, self._probs = self._stream(shards)
+        self.num_samples = max(0, (len(self._ids) - 1) // seq_len)
+
+    def _stream(self, shards: list) -> tuple[np.ndarray, np.ndarray]:
+        """The token stream the samples are cut from (memory maps, unless documents are dropped)."""
+        if not shards:
+            return np.zeros(0, np.int64), np.zeros(0, np.float16)
+        if self.mode != "document":
+            if len(shards) == 1:
+                return shards[0].ids, shards[0].probs
+            return np.concatenate([s.ids for s in shards]), np.concatenate([s.probs for s in shards])
+        ids, probs = [], []
+        for s in shards:
+            keep = s.doc_scores < self.doc_threshold
+            for start, length in zip(s.starts[keep], s.lengths[keep]):
+                ids.append(s.ids[start : start + length + 1])  # the document and its end-of-text
+                probs.append(s.probs[start : start + length + 1])
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros(0, np.float16)
+        return np.concatenate(ids), np.concatenate(probs)
+
+    def __len__(self) -> int:
+        """Samples this rank's workers yield together (DataLoader uses it for progress)."""
+        rank, world = self._rank_world()
+        return len(range(rank, self.num_samples, world))
+
+    def _rank_world(self) -> tuple[int, int]:
+        if self.world_size is not None:
+            rank, world = self.rank or 0, self.world_size
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world = 0, 1
+        if not 0 <= rank < world:
+            raise TokfilterError(f"rank must be in [0, world_size={world}), got {rank}")
+        return rank, world
+
+    def sample_indices(self) -> np.ndarray:
+        """Indices of the samples this (rank, worker) yields, in order."""
+        rank, world = self._rank_world()
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = np.arange(self.num_samples)
+        if self.shuffle_seed is not None:
+            order = np.random.default_rng(self.shuffle_seed).permutation(self.num_samples)
+        return order[rank::world][worker::n_workers]
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample ``k`` of the stream: ``(input_ids, targets, loss_weights)``."""
+        lo = k * self.seq_len
+        ids = np.asarray(self._ids[lo : lo + self.seq_len + 1], dtype=np.int64)
+        flagged = np.asarray(self._probs[lo : lo + self.seq_len + 1], dtype=np.float32) >= self.threshold
+        weights = np.ones(self.seq_len, dtype=np.float32)
+        if self.mode in ("mask", "remove"):
+            weights[flagged[1:]] = 0.0
+        if self.mode == "remove":
+            ids = np.where(flagged, np.int64(self.hidden_id), ids)
+        return torch.from_numpy(ids[:-1].copy()), torch.from_numpy(ids[1:].copy()), torch.from_numpy(weights)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for k in self.sample_indices():
+            yield self.sample(int(k))
