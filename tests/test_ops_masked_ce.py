@@ -1,0 +1,201 @@
+"""The chunked masked linear cross-entropy against the float64 full-logits reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokfilter.training.ops import masked_linear_cross_entropy
+from tokfilter.training.ops.masked_ce import (
+    _MaskedLinearCrossEntropy,
+    masked_linear_cross_entropy_reference,
+    softmax_grad_rows_torch,
+)
+
+# (forward, gradient) relative tolerances against float64, per input dtype.
+TOLERANCES = {torch.float32: (1e-5, 5e-4), torch.bfloat16: (2e-2, 5e-2)}
+
+
+def make_problem(n, hidden_size, vocab, *, seed=0, scale=1.0, ignore_fraction=0.2, weights="float",
+                 bias=True):
+    """Inputs in float64; ``scale`` makes the softmax peaky; weights: None, "bool" or "float"."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, hidden_size, generator=gen, dtype=torch.float64)
+    weight = torch.randn(vocab, hidden_size, generator=gen, dtype=torch.float64) * scale / hidden_size**0.5
+    bias_vec = torch.randn(vocab, generator=gen, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    targets[torch.rand(n, generator=gen) < ignore_fraction] = -100
+    if weights is None:
+        loss_weights = None
+    elif weights == "bool":
+        loss_weights = torch.rand(n, generator=gen) < 0.6
+    else:
+        loss_weights = torch.rand(n, generator=gen, dtype=torch.float64) * 2
+        loss_weights[torch.rand(n, generator=gen) < 0.3] = 0.0
+    return hidden, weight, bias_vec, targets, loss_weights
+
+
+def run_with_grads(fn, hidden, weight, bias, targets, loss_weights, dtype, reduction, upstream, **kwargs):
+    """Loss and gradients of ``sum(loss * upstream)`` with the float inputs cast to ``dtype``."""
+    leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    if loss_weights is not None and loss_weights.is_floating_point():
+        loss_weights = loss_weights.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    loss = fn(leaves[0], leaves[1], targets, loss_weights, leaves[2], reduction, **kwargs)
+    (loss * upstream.to(loss.dtype)).sum().backward()
+    return loss.detach().double(), [None if t is None else t.grad.double() for t in leaves]
+
+
+def assert_close_to_reference(problem, dtype, reduction, z_loss=0.0, ignore_index=-100, **kwargs):
+    hidden, weight, bias, targets, loss_weights = problem
+    # Round the inputs to the tested dtype first, so the comparison measures only the op's error.
+    hidden, weight = hidden.to(dtype).double(), weight.to(dtype).double()
+    bias = None if bias is None else bias.to(dtype).double()
+    gen = torch.Generator().manual_seed(1)
+    upstream = torch.randn(hidden.shape[0], generator=gen, dtype=torch.float64) if reduction == "none" \
+        else torch.tensor(1.7, dtype=torch.float64)
+    common = dict(z_loss=z_loss, ignore_index=ignore_index)
+    want, want_grads = run_with_grads(masked_linear_cross_entropy_reference, hidden, weight, bias, targets,
+                                      loss_weights, torch.float64, reduction, upstream, **common)
+    got, got_grads = run_with_grads(masked_linear_cross_entropy, hidden, weight, bias, targets, loss_weights,
+                                    dtype, reduction, upstream, **common, **kwargs)
+    fwd_tol, grad_tol = TOLERANCES[dtype]
+    assert got.shape == want.shape
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=fwd_tol, atol=fwd_tol * max(1.0, want.abs().max().item()))
+    for name, g, w in zip(("hidden", "weight", "bias"), got_grads, want_grads):
+        if w is None:
+            continue
+        err = (g - w).abs().max().item()
+        assert err <= grad_tol * max(w.abs().max().item(), 1e-12), f"grad_{name}: max error {err}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_odd_shapes_match_reference(dtype, reduction):
+    problem = make_problem(252, 123, 507, seed=3)
+    assert_close_to_reference(problem, dtype, reduction, z_loss=1e-3, chunk_bytes=30 * 507 * 4)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_peaky_logits_stay_finite_and_exact(reduction):
+    problem = make_problem(97, 33, 301, seed=5, scale=300.0)
+    assert_close_to_reference(problem, torch.float32, reduction, chunk_bytes=20 * 301 * 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 70),
+    hidden_size=st.integers(1, 40),
+    vocab=st.integers(1, 260),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    weights=st.sampled_from([None, "bool", "float"]),
+    bias=st.booleans(),
+    z_loss=st.sampled_from([0.0, 1e-2]),
+    ignore_fraction=st.sampled_from([0.0, 0.3, 1.0]),
+    chunk_rows=st.integers(1, 80),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(n, hidden_size, vocab, reduction, weights, bias, z_loss, ignore_fraction,
+                                    chunk_rows, seed):
+    problem = make_problem(n, hidden_size, vocab, seed=seed, ignore_fraction=ignore_fraction,
+                           weights=weights, bias=bias)
+    assert_close_to_reference(problem, torch.float32, reduction, z_loss=z_loss,
+                              chunk_bytes=chunk_rows * vocab * 4)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("how", ["zero_weights", "all_ignored", "empty"])
+def test_all_masked_batch_gives_zero_loss_and_zero_grads(reduction, how):
+    n = 0 if how == "empty" else 19
+    hidden = torch.randn(n, 8, requires_grad=True)
+    weight = torch.randn(31, 8, requires_grad=True)
+    bias = torch.randn(31, requires_grad=True)
+    targets = torch.full((n,), -100) if how == "all_ignored" else torch.randint(0, 31, (n,))
+    loss_weights = torch.zeros(n)
+    loss = masked_linear_cross_entropy(hidden, weight, targets, loss_weights, bias, reduction)
+    assert loss.shape == ((n,) if reduction == "none" else ())
+    assert torch.equal(loss, torch.zeros_like(loss))
+    loss.sum().backward()
+    for leaf in (hidden, weight, bias):
+        assert leaf.grad is not None and torch.equal(leaf.grad, torch.zeros_like(leaf))
+
+
+def test_custom_ignore_index_and_int32_targets():
+    problem = list(make_problem(40, 16, 50, seed=7, ignore_fraction=0.0))
+    problem[3] = problem[3].to(torch.int32)
+    problem[3][::3] = 4  # a valid vocabulary id used as ignore_index
+    assert_close_to_reference(tuple(problem), torch.float32, "mean", ignore_index=4, chunk_bytes=7 * 50 * 4)
+
+
+def test_bool_mask_equals_float_mask():
+    hidden, weight, bias, targets, mask = make_problem(60, 12, 90, seed=9, weights="bool")
+    hidden, weight, bias = hidden.float(), weight.float(), bias.float()
+    as_bool = masked_linear_cross_entropy(hidden, weight, targets, mask, bias)
+    as_float = masked_linear_cross_entropy(hidden, weight, targets, mask.float(), bias)
+    torch.testing.assert_close(as_bool, as_float)
+
+
+def test_chunks_respect_the_budget_and_skip_masked_rows():
+    """The row kernel sees chunks of at most the budgeted rows and only the kept rows."""
+    hidden, weight, bias, targets, loss_weights = make_problem(101, 10, 64, seed=11)
+    hidden, weight = hidden.float().requires_grad_(), weight.float().requires_grad_()
+    seen = []
+
+    def spy(logits, chunk_targets, coef, z_loss):
+        seen.append(logits.shape[0])
+        return softmax_grad_rows_torch(logits, chunk_targets, coef, z_loss)
+
+    effective = torch.where(targets == -100, 0.0, loss_weights.float())
+    loss = _MaskedLinearCrossEntropy.apply(hidden, weight, None, targets, effective, "mean", 0.0, 16, spy)
+    loss.backward()
+    kept = int((effective > 0).sum())
+    assert max(seen) <= 16 and sum(seen) == kept
+    assert torch.equal(hidden.grad[effective == 0], torch.zeros_like(hidden.grad[effective == 0]))
+
+
+def test_no_grad_forward_matches_and_frozen_weight_gets_no_grad():
+    hidden, weight, bias, targets, loss_weights = make_problem(50, 9, 70, seed=13)
+    hidden, weight, bias = hidden.float(), weight.float(), bias.float()
+    with torch.no_grad():
+        plain = masked_linear_cross_entropy(hidden, weight, targets, loss_weights.float(), bias)
+    hidden.requires_grad_()
+    with_grad = masked_linear_cross_entropy(hidden, weight, targets, loss_weights.float(), bias)
+    with_grad.backward()
+    torch.testing.assert_close(plain, with_grad.detach())
+    assert hidden.grad is not None and weight.grad is None
+
+
+def _valid():
+    return dict(hidden=torch.randn(4, 3), weight=torch.randn(5, 3), targets=torch.tensor([0, 1, 4, -100]))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(hidden=torch.randn(4, 3, 1)), "hidden must be 2-D"),
+        (dict(hidden=torch.randint(0, 3, (4, 3))), "hidden dtype"),
+        (dict(weight=torch.randn(5, 2)), r"weight must be \[V >= 1, H=3\]"),
+        (dict(weight=torch.randn(5, 3, dtype=torch.float64)), "weight must match hidden's dtype"),
+        (dict(targets=torch.tensor([0, 1, 5, 2])), r"targets must be in \[0, V=5\)"),
+        (dict(targets=torch.tensor([0.0, 1.0, 2.0, 3.0])), "targets must be"),
+        (dict(targets=torch.tensor([0, 1, 2])), r"targets must be \[N=4\]"),
+        (dict(loss_weights=torch.ones(3)), r"loss_weights must be \[N=4\]"),
+        (dict(loss_weights=torch.tensor([1.0, -1.0, 0.0, 1.0])), "loss_weights must be finite and >= 0"),
+        (dict(loss_weights=torch.ones(4, dtype=torch.int64)), "loss_weights must be bool or floating"),
+        (dict(bias=torch.randn(4)), r"bias must be \[V=5\]"),
+        (dict(reduction="avg"), "reduction must be one of"),
+        (dict(z_loss=-1.0), "z_loss must be a finite float >= 0"),
+        (dict(chunk_bytes=0), "chunk_bytes must be a positive int"),
+        (dict(backend="cuda"), "backend must be one of"),
+    ],
+)
+def test_bad_input_names_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        masked_linear_cross_entropy(**{**_valid(), **change})
+
+
+def test_triton_backend_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="backend='triton' needs"):
+        masked_linear_cross_entropy(**_valid(), backend="triton")
