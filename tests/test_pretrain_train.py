@@ -1,0 +1,77 @@
+"""The pretraining loop on real shards (written by the shard writer): budget rule, masking, seeding, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tokfilter.cli import main as cli_main
+from tokfilter.clients.shards import ShardWriter
+from tokfilter.errors import TokfilterError
+from tokfilter.training.pretrain import PretrainConfig, shard_batches, train
+
+EOT, HIDDEN, VOCAB = 0, 1, 32
+
+
+def write_pattern_shards(out_dir, n_docs=40, flag_token=7):
+    """Documents repeating 2..9; token ``flag_token`` is flagged (p=0.9), the rest p=0.1.
+    Every fourth document gets a high document score."""
+    manifest = {"format": "tokfilter-shards", "version": 1, "dtype": "uint16", "eot_id": EOT,
+                "hidden_id": HIDDEN, "threshold": 0.5, "inputs": [{"path": "synthetic", "records_read": 0}]}
+    writer = ShardWriter(out_dir, manifest, shard_tokens=256)
+    for i in range(n_docs):
+        ids = np.tile(np.arange(2, 10), 4)
+        probs = np.where(ids == flag_token, 0.9, 0.1)
+        writer.add(f"d{i}", ids, probs, 0.9 if i % 4 == 0 else 0.1)
+        writer.advance(0, i + 1)
+    writer.close()
+    return out_dir
+
+
+def run(tmp_path, run_type, **kw):
+    shards = tmp_path / "shards"
+    if not shards.exists():
+        write_pattern_shards(shards)
+    cfg = PretrainConfig(out_dir=tmp_path / run_type, size="tiny", run_type=run_type, seq_len=16, batch_size=4,
+                         token_budget=kw.pop("token_budget", 3000), lr=1e-2, log_every=5, **kw)
+    return train(cfg, VOCAB, shard_batches(shards, cfg))
+
+
+def test_budget_counts_unmasked_targets_and_loss_falls(tmp_path):
+    summary = run(tmp_path, "mask")
+    # 1 in 8 targets is flagged (token 7) and 1 in 33 is an end-of-text: about 1/8 of targets masked
+    assert summary["unmasked_tokens"] >= 3000
+    assert summary["total_tokens"] > summary["unmasked_tokens"]
+    assert 0.09 < summary["masked_fraction"] < 0.16
+    log = [json.loads(line) for line in (tmp_path / "mask" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"] - 0.5  # a periodic pattern is learnable
+    assert all(r["unmasked_tokens"] <= r["total_tokens"] for r in log)
+    assert (tmp_path / "mask" / "model.pt").is_file() and not (tmp_path / "mask" / "checkpoint.pt").exists()
+
+
+def test_nomask_counts_every_target_and_remove_hides_flagged_tokens(tmp_path):
+    nomask = run(tmp_path, "nomask", token_budget=500)
+    assert nomask["unmasked_tokens"] == nomask["total_tokens"]
+    remove = run(tmp_path, "remove", token_budget=500)
+    assert remove["total_tokens"] > remove["unmasked_tokens"]
+
+
+def test_training_is_seeded(tmp_path):
+    a = run(tmp_path / "a", "document", token_budget=800, seed=3)
+    b = run(tmp_path / "b", "document", token_budget=800, seed=3)
+    assert a["final_train_loss"] == b["final_train_loss"] and a["steps"] == b["steps"]
+    wa = torch.load(tmp_path / "a" / "document" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "document" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_all_masked_shards_fail_clearly(tmp_path):
+    with pytest.raises(TokfilterError, match="threshold"):
+        run(tmp_path, "mask", threshold=0.0, token_budget=100)
+
+
+def test_cli_rejects_bad_threshold(tmp_path, capsys):
+    rc = cli_main(["pretrain", "--out", str(tmp_path / "r"), "--shards", str(tmp_path), "--threshold", "1.5"])
+    assert rc == 2
+    assert "threshold" in capsys.readouterr().err

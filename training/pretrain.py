@@ -1,0 +1,236 @@
+"""Masked pretraining of the small GPT on filtered shards (``tokfilter pretrain``).
+
+The token budget counts *unmasked* target tokens, the paper's rule: a filtered run sees more raw
+tokens than an unfiltered one until it has learned from as many targets. Both counts are logged.
+The learning-rate schedule (linear warmup, cosine decay) runs on that same unmasked-token progress,
+so it is defined before we know how many steps the budget will take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from tokfilter import paths
+from tokfilter.errors import TokfilterError
+from tokfilter.training.model import GPT, config_for_size, save_model, SIZES
+
+RUN_TYPES = ("nomask", "document", "mask", "remove")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class PretrainConfig:
+    out_dir: Path
+    size: str = "1m"
+    run_type: str = "nomask"
+    threshold: float = 0.5
+    seq_len: int = 128
+    batch_size: int = 16
+    token_budget: int = 1_000_000  # unmasked target tokens
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500  # steps
+    log_every: int = 20  # steps
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # free-form metadata copied into the summary
+
+    def validate(self) -> None:
+        if self.run_type not in RUN_TYPES:
+            raise TokfilterError(f"run_type: {self.run_type!r} is not one of {', '.join(RUN_TYPES)}")
+        if self.size not in SIZES:
+            raise TokfilterError(f"size: unknown preset {self.size!r}; choose one of {', '.join(SIZES)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise TokfilterError(f"threshold: {self.threshold} must be in [0, 1]")
+        for name in ("seq_len", "batch_size", "token_budget"):
+            if getattr(self, name) < 1:
+                raise TokfilterError(f"{name}: {getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise TokfilterError(f"warmup_fraction: {self.warmup_fraction} must be in [0, 1)")
+
+
+def learning_rate(progress: float, peak: float, warmup_fraction: float, min_ratio: float) -> float:
+    """Linear warmup to ``peak`` then cosine decay to ``peak * min_ratio``; ``progress`` in [0, 1]."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return peak * progress / warmup_fraction
+    decay = (progress - warmup_fraction) / (1.0 - warmup_fraction)
+    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * decay)))
+
+
+def make_optimizer(model: GPT, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms), as in nanoGPT."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def count_unmasked(targets: torch.Tensor, loss_weights: torch.Tensor) -> int:
+    """Targets that carry loss: positive weight and not padding."""
+    return int(((loss_weights > 0) & (targets >= 0)).sum())
+
+
+def repeat_epochs(make_batches: Callable[[int], Iterable[Batch]]) -> Iterator[tuple[int, Batch]]:
+    """Yield (epoch, batch) forever over fresh passes of the data; fail if a pass is empty."""
+    epoch = 0
+    while True:
+        empty = True
+        for batch in make_batches(epoch):
+            empty = False
+            yield epoch, batch
+        if empty:
+            raise TokfilterError("shards: a full pass produced no batches (seq_len larger than the data?)")
+        epoch += 1
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int], Iterable[Batch]]) -> dict:
+    """Train until ``token_budget`` unmasked targets are seen; write model, log and summary.
+
+    ``make_batches(epoch)`` returns one pass over the data as (input_ids, targets, loss_weights)
+    batches of shape [B, T]; it is called again for each further epoch.
+    """
+    config.validate()
+    torch.manual_seed(config.seed)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = GPT(config_for_size(config.size, vocab_size, config.seq_len)).to(config.device)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    unmasked = total = step = 0
+    epoch_seen, unmasked_at_epoch_start = 0, 0
+    losses: list[float] = []
+    start = time.perf_counter()
+    log_path = out / "train_log.jsonl"
+    with open(log_path, "w") as log:
+        for epoch, (input_ids, targets, weights) in repeat_epochs(make_batches):
+            if unmasked >= config.token_budget:
+                break
+            if epoch != epoch_seen:
+                if unmasked == unmasked_at_epoch_start:
+                    raise TokfilterError(
+                        f"threshold: {config.threshold} masks every target of the shards in {config.run_type} mode; "
+                        "the unmasked-token budget can never be reached"
+                    )
+                epoch_seen, unmasked_at_epoch_start = epoch, unmasked
+            input_ids, targets, weights = (t.to(config.device) for t in (input_ids, targets, weights))
+            lr = learning_rate(unmasked / config.token_budget, config.lr, config.warmup_fraction, config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = model.loss(input_ids, targets, weights.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            unmasked += count_unmasked(targets, weights)
+            total += int((targets >= 0).sum())
+            losses.append(float(loss.detach()))
+            if step % config.log_every == 0 or unmasked >= config.token_budget:
+                elapsed = time.perf_counter() - start
+                rate = unmasked / elapsed
+                record = {
+                    "step": step, "epoch": epoch, "lr": lr, "loss": sum(losses[-config.log_every:]) / len(losses[-config.log_every:]),
+                    "unmasked_tokens": unmasked, "total_tokens": total, "unmasked_tokens_per_s": rate,
+                    "total_tokens_per_s": total / elapsed, "elapsed_s": elapsed,
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                eta = (config.token_budget - unmasked) / rate if rate > 0 else float("inf")
+                print(
+                    f"[{config.run_type} {config.size}] step {step} loss {record['loss']:.3f} lr {lr:.2e} "
+                    f"tokens {unmasked}/{config.token_budget} unmasked ({total} seen) "
+                    f"{rate:,.0f} tok/s ETA {format_eta(eta)}",
+                    file=sys.stderr, flush=True,
+                )
+            if step % config.checkpoint_every == 0:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                            "unmasked_tokens": unmasked, "total_tokens": total}, out / "checkpoint.pt")
+    elapsed = time.perf_counter() - start
+    n_params = model.num_params()
+    summary = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "steps": step,
+        "unmasked_tokens": unmasked,
+        "total_tokens": total,
+        "masked_fraction": 1.0 - unmasked / total if total else 0.0,
+        "non_embedding_params": n_params,
+        "params": model.num_params(non_embedding=False),
+        "compute_flops": 6 * n_params * unmasked,  # C = 6 N D, D = unmasked training tokens
+        "final_train_loss": sum(losses[-config.log_every:]) / max(1, len(losses[-config.log_every:])),
+        "elapsed_s": elapsed,
+    }
+    save_model(model, out / "model.pt", extra=summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # the final model supersedes it
+    return summary
+
+
+def shard_batches(shards_dir: Path, config: PretrainConfig) -> Callable[[int], Iterable[Batch]]:
+    """Batches from ``MaskedShards`` for the config's run type and threshold (the token threshold,
+    or the document-score threshold for ``document``), reshuffled each epoch under the seed."""
+    from tokfilter.clients import MaskedShards
+
+    def make(epoch: int) -> Iterable[Batch]:
+        dataset = MaskedShards(shards_dir, config.seq_len, config.threshold, config.run_type,
+                               shuffle_seed=config.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, drop_last=True)
+
+    return make
+
+
+def vocab_size_of(tokenizer_path: Path) -> int:
+    from tokfilter.windows import load_tokenizer
+
+    if not Path(tokenizer_path).is_file():
+        raise TokfilterError(f"tokenizer: {tokenizer_path} not found (run `tokfilter train-tokenizer`)")
+    return load_tokenizer(tokenizer_path).get_vocab_size()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = PretrainConfig(out_dir=Path())
+    parser.add_argument("--shards", type=Path, default=paths.SHARDS_DIR / "train", help="masked shards directory")
+    parser.add_argument("--tokenizer", type=Path, default=paths.TARGET_TOKENIZER, help="target tokenizer.json (vocab size)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (model.pt, summary.json, train_log.jsonl)")
+    parser.add_argument("--run-type", choices=RUN_TYPES, default=d.run_type)
+    parser.add_argument("--threshold", type=float, default=d.threshold, help="p(forget) threshold (doc score for document)")
+    parser.add_argument("--size", choices=list(SIZES), default=d.size)
+    parser.add_argument("--seq-len", type=int, default=d.seq_len)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--token-budget", type=int, default=d.token_budget, help="unmasked target tokens to train on")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = PretrainConfig(
+        out_dir=args.out, size=args.size, run_type=args.run_type, threshold=args.threshold, seq_len=args.seq_len,
+        batch_size=args.batch_size, token_budget=args.token_budget, lr=args.lr, warmup_fraction=args.warmup_fraction,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
+    )
+    config.validate()
+    if not Path(args.shards).is_dir():
+        raise TokfilterError(f"shards: {args.shards} is not a directory (run `tokfilter filter`)")
+    summary = train(config, vocab_size_of(args.tokenizer), shard_batches(args.shards, config))
+    print(json.dumps({k: summary[k] for k in ("steps", "unmasked_tokens", "total_tokens", "final_train_loss")}))
+    return 0
