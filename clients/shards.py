@@ -75,7 +75,7 @@ def read_manifest(out_dir: Path | str) -> dict:
 
 @dataclass
 class ShardWriter:
-    """Accumulates documents in input order and closes a shard once it holds ``shard_tokens`` tokens.
+    """Accumulates documents in input order into shards of about ``shard_tokens`` tokens.
 
     ``manifest`` is the run's metadata (inputs, model, tokenizer, threshold); the writer owns its
     ``shards``, ``counts`` and input positions and rewrites it atomically after each shard.
@@ -127,6 +127,11 @@ class ShardWriter:
         self.count("docs")
         self.count("tokens", len(ids))
         self.count("flagged", int((probs16 >= self.threshold).sum()))
+
+    def flush_if_full(self) -> None:
+        """Close the open shard once it holds ``shard_tokens`` tokens. The filter calls this only
+        between its document buffers, so a resumed run buffers, batches and scores exactly as an
+        uninterrupted one and writes identical bytes."""
         if self._n_tokens >= self.shard_tokens:
             self.flush()
 

@@ -23,6 +23,7 @@ def write_shards(out_dir, docs, shard_tokens=8, threshold=0.5):
     for i, (doc_id, ids, probs, score) in enumerate(docs):
         writer.add(doc_id, np.asarray(ids), np.asarray(probs), score)
         writer.advance(0, i + 1)
+        writer.flush_if_full()
     writer.close()
     return out_dir
 
