@@ -100,12 +100,13 @@ def file_digest(path: Path | str) -> str:
 
 
 def token_labels_from_spans(offsets: np.ndarray, spans: Iterable[tuple[int, int]]) -> np.ndarray:
-    """1 for each token whose character range ``[start, end)`` overlaps a half-open span, else 0."""
+    """1 for each token with a character of ``[start, end)`` inside a half-open span, else 0 (so a
+    zero-width token is 0)."""
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    labels = np.zeros(len(offsets), dtype=np.int64)
+    labels = np.zeros(len(offsets), dtype=bool)
     for s, e in spans:
-        labels |= ((offsets[:, 0] < e) & (offsets[:, 1] > s)).astype(np.int64)
-    return labels
+        labels |= (np.maximum(offsets[:, 0], s) < np.minimum(offsets[:, 1], e))
+    return labels.astype(np.int64)
 
 
 def forget_passages(doc: dict) -> list[tuple[int, int]]:

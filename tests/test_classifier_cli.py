@@ -1,0 +1,49 @@
+"""Bad input to train-classifier / eval-classifier: a clear message naming the problem, exit 2."""
+
+import pytest
+
+from tokfilter.cli import main as cli_main
+
+
+def run(argv, capsys):
+    rc = cli_main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_missing_corpus_file(tmp_path, capsys):
+    rc, err = run(["train-classifier", "--task", "token", "--corpus", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2
+    assert "corpus file not found" in err and "train.jsonl" in err
+
+
+def test_empty_corpus(tmp_path, capsys):
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "validation.jsonl").write_text("\n")
+    rc, err = run(["train-classifier", "--task", "document", "--corpus", str(tmp_path)], capsys)
+    assert rc == 2
+    assert "is empty" in err and "train.jsonl" in err
+
+
+def test_malformed_document(tmp_path, capsys):
+    (tmp_path / "train.jsonl").write_text('{"id": "a", "text": 3, "meta": {}}\n')
+    rc, err = run(["train-classifier", "--task", "token", "--corpus", str(tmp_path)], capsys)
+    assert rc == 2
+    assert "train.jsonl:1" in err and "'text'" in err
+
+
+@pytest.mark.parametrize(
+    "flag, value, field",
+    [("--layers", "9", "--layers"), ("--stride", "300", "--stride"), ("--label-noise", "0.7", "--label-noise"),
+     ("--max-steps", "0", "--max-steps")],
+)
+def test_out_of_range_settings_name_the_field(tiny_corpus_dir, tmp_path, capsys, flag, value, field):
+    rc, err = run(["train-classifier", "--task", "token", "--corpus", str(tiny_corpus_dir), "--out", str(tmp_path), flag, value], capsys)
+    assert rc == 2
+    assert field in err
+
+
+def test_eval_without_models(tiny_corpus_dir, tmp_path, capsys):
+    rc, err = run(["eval-classifier", "--corpus", str(tiny_corpus_dir), "--token-model", str(tmp_path / "none"),
+                   "--doc-model", str(tmp_path / "none")], capsys)
+    assert rc == 2
+    assert "model card not found" in err
