@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -55,6 +60,7 @@ def assert_close_to_reference(problem, dtype, reduction, z_loss=0.0, ignore_inde
     gen = torch.Generator().manual_seed(1)
     upstream = torch.randn(hidden.shape[0], generator=gen, dtype=torch.float64) if reduction == "none" \
         else torch.tensor(1.7, dtype=torch.float64)
+    upstream = upstream.to(hidden.device)
     common = dict(z_loss=z_loss, ignore_index=ignore_index)
     want, want_grads = run_with_grads(masked_linear_cross_entropy_reference, hidden, weight, bias, targets,
                                       loss_weights, torch.float64, reduction, upstream, **common)
@@ -199,3 +205,105 @@ def test_bad_input_names_the_field(change, message):
 def test_triton_backend_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="backend='triton' needs"):
         masked_linear_cross_entropy(**_valid(), backend="triton")
+
+
+# ---- CUDA / Triton: run when a device and triton are present, skip cleanly otherwise ----
+
+requires_cuda_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+    reason="needs a CUDA device and the triton package",
+)
+
+
+def on_cuda(problem):
+    return tuple(None if t is None else t.cuda() for t in problem)
+
+
+@pytest.mark.cuda
+@requires_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_triton_odd_shapes_match_reference(dtype, reduction):
+    problem = on_cuda(make_problem(252, 123, 507, seed=3))
+    assert_close_to_reference(problem, dtype, reduction, z_loss=1e-3, backend="triton",
+                              chunk_bytes=30 * 507 * 6)
+
+
+@pytest.mark.cuda
+@requires_cuda_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_vocab_spanning_several_blocks_with_peaky_logits(dtype):
+    problem = on_cuda(make_problem(64, 96, 70_001, seed=17, scale=50.0))
+    assert_close_to_reference(problem, dtype, "mean", z_loss=1e-4, backend="triton")
+
+
+@pytest.mark.cuda
+@requires_cuda_triton
+def test_triton_row_kernel_equals_torch_row_kernel():
+    from tokfilter.training.ops.masked_ce_triton import softmax_grad_rows_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(37, 5003, device="cuda", generator=gen) * 8
+    targets = torch.randint(0, 5003, (37,), device="cuda", generator=gen)
+    coef = torch.rand(37, device="cuda", generator=gen)
+    triton_logits, torch_logits = logits.clone(), logits.clone()
+    triton_loss = softmax_grad_rows_triton(triton_logits, targets, coef, 1e-3)
+    torch_loss = softmax_grad_rows_torch(torch_logits, targets, coef, 1e-3)
+    torch.testing.assert_close(triton_loss, torch_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(triton_logits, torch_logits, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.cuda
+@requires_cuda_triton
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_triton_all_masked_batch_gives_zero_loss_and_zero_grads(reduction):
+    hidden = torch.randn(19, 8, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(31, 8, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.full((19,), -100, device="cuda")
+    loss = masked_linear_cross_entropy(hidden, weight, targets, None, None, reduction, backend="triton")
+    assert torch.equal(loss, torch.zeros_like(loss))
+    loss.sum().backward()
+    assert torch.equal(hidden.grad, torch.zeros_like(hidden)) and torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+INTERPRETER_CHECK = """
+import torch
+import tokfilter.training.ops.masked_ce_triton as kernels
+from tokfilter.training.ops.masked_ce import softmax_grad_rows_torch
+
+jitted = kernels._softmax_grad_rows_kernel.fn  # the interpreter cannot autotune: run one config
+
+
+class OneConfig:
+    def __init__(self, block_v):
+        self.block_v = block_v
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: jitted[grid](*args, **kwargs, BLOCK_V=self.block_v)
+
+
+gen = torch.Generator().manual_seed(0)
+for block_v in (4096, 32768):
+    kernels._softmax_grad_rows_kernel = OneConfig(block_v)
+    for dtype, grad_tol in ((torch.float32, 1e-6), (torch.bfloat16, 8e-3)):
+        logits = (torch.randn(3, 40_001, generator=gen) * 8).to(dtype)
+        targets = torch.randint(0, 40_001, (3,), generator=gen)
+        coef = torch.rand(3, generator=gen)
+        by_triton, by_torch = logits.clone(), logits.clone()
+        loss = kernels.softmax_grad_rows_triton(by_triton, targets, coef, 1e-3)
+        torch.testing.assert_close(loss, softmax_grad_rows_torch(by_torch, targets, coef, 1e-3))
+        torch.testing.assert_close(by_triton.float(), by_torch.float(), rtol=0, atol=grad_tol)
+        no_grad = kernels.softmax_grad_rows_triton(logits.clone(), targets, None, 0.0)
+        torch.testing.assert_close(no_grad, softmax_grad_rows_torch(logits.clone(), targets, None, 0.0))
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_triton_row_kernel_under_the_cpu_interpreter():
+    """The Triton kernel's arithmetic, run by TRITON_INTERPRET=1 on CPU tensors (no GPU needed),
+    equals the PyTorch row kernel, over several vocabulary blocks and one that covers the row."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
