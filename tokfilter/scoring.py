@@ -64,6 +64,14 @@ class DocumentScores:
             return 0.0
         return float(np.mean(self.token_probs >= self.threshold))
 
+    def summary(self) -> dict:
+        """The JSON form served to clients: document score, spans and flagged-token fraction."""
+        return {
+            "doc_score": self.doc_score,
+            "spans": [{"start": s.start, "end": s.end, "score": s.score} for s in self.spans],
+            "flagged_fraction": self.flagged_fraction,
+        }
+
 
 @dataclass(frozen=True)
 class EncodedText:

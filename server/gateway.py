@@ -1,0 +1,255 @@
+"""REST gateway (FastAPI): ``POST /v1/filter`` and friends in front of the Triton server.
+
+Each request is scored by a ``FilterClient`` (tokenization and stitching here, window batches to
+Triton over gRPC). Concurrent requests are scored in worker threads, and their window batches meet
+in Triton's dynamic batcher, which runs them together. Limits (body bytes, documents per request,
+characters per document) and the API key are checked before any scoring; every error is JSON
+``{"error": message, "limit"?: name}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from tokfilter.errors import TokfilterError
+from tokfilter.scoring import hide_spans
+
+
+class Limits(BaseModel):
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_documents: int = 256
+    max_chars: int = 1_000_000
+
+
+class Document(BaseModel):
+    id: str
+    text: str
+
+
+class FilterRequest(BaseModel):
+    documents: list[Document]
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    mode: Literal["spans", "remove"] = "spans"
+
+
+class SpanOut(BaseModel):
+    start: int
+    end: int
+    score: float
+
+
+class DocumentResult(BaseModel):
+    id: str
+    doc_score: float | None
+    spans: list[SpanOut]
+    flagged_fraction: float
+    text: str | None = None
+
+
+class FilterResponse(BaseModel):
+    model: str
+    threshold: float
+    results: list[DocumentResult]
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, message: str, limit: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.limit = status, message, limit
+
+
+def error_response(status: int, message: str, limit: str | None = None) -> JSONResponse:
+    body = {"error": message} | ({"limit": limit} if limit else {})
+    return JSONResponse(body, status_code=status)
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tokfilter_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.documents = Counter("tokfilter_documents", "documents filtered", registry=self.registry)
+        self.tokens = Counter("tokfilter_tokens", "tokens scored", registry=self.registry)
+        self.latency = Histogram("tokfilter_request_seconds", "request latency", ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.flagged = Histogram("tokfilter_flagged_fraction", "fraction of flagged tokens per document", registry=self.registry,
+                                 buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0))
+        self.in_flight = Gauge("tokfilter_requests_in_flight", "requests being served", registry=self.registry)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``max_body_bytes`` (declared or streamed) with 413 before parsing."""
+
+    def __init__(self, app, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        too_big = error_response(413, f"request body exceeds max_body_bytes={self.max_body_bytes}", "max_body_bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise GatewayError(413, f"request body exceeds max_body_bytes={self.max_body_bytes}", "max_body_bytes")
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except GatewayError:
+            await too_big(scope, receive, send)
+
+
+def create_app(make_client, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
+    """The gateway app; ``make_client()`` returns a connected FilterClient (called at start-up)."""
+    app = FastAPI(title="tokfilter gateway", version="1", description="Token-level filtering of forget-domain text.")
+    metrics = Metrics()
+    state: dict = {}
+
+    @app.on_event("startup")
+    def connect() -> None:
+        state["client"] = make_client()
+
+    @app.on_event("shutdown")
+    def disconnect() -> None:
+        if "client" in state:
+            state["client"].close()
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        route = request.url.path
+        metrics.in_flight.inc()
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            metrics.in_flight.dec()
+        metrics.latency.labels(route).observe(time.perf_counter() - start)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(_request, err: GatewayError):
+        return error_response(err.status, err.message, err.limit)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_request, err: RequestValidationError):
+        errors = err.errors()
+        if any(e.get("type") == "json_invalid" or (tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes | str)) for e in errors):
+            return error_response(400, "request body is not valid JSON (send Content-Type: application/json)")
+        first = errors[0] if errors else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"invalid field {field!r}: {first.get('msg', 'invalid')}", "detail": json.loads(json.dumps(errors, default=str))}, status_code=422)
+
+    def check_key(request: Request) -> None:
+        if not api_key:
+            return
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise GatewayError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+
+    @app.post("/v1/filter", response_model=FilterResponse, dependencies=[Depends(check_key)])
+    async def filter_documents(body: FilterRequest) -> FilterResponse:
+        if len(body.documents) > limits.max_documents:
+            raise GatewayError(413, f"{len(body.documents)} documents exceed max_documents={limits.max_documents}", "max_documents")
+        for i, doc in enumerate(body.documents):
+            if len(doc.text) > limits.max_chars:
+                raise GatewayError(413, f"documents[{i}].text has {len(doc.text)} characters, over max_chars={limits.max_chars}", "max_chars")
+        client = state["client"]
+        texts = [d.text for d in body.documents]
+        try:
+            scores = await run_in_threadpool(client.filter, texts, body.threshold)
+        except Exception as err:  # the model server failed or went away
+            raise GatewayError(503, f"model server error: {err}") from err
+        threshold = client.threshold if body.threshold is None else body.threshold
+        results = []
+        for doc, score in zip(body.documents, scores):
+            metrics.tokens.inc(len(score.token_ids))
+            metrics.flagged.observe(score.flagged_fraction)
+            text = hide_spans(doc.text, score.spans) if body.mode == "remove" else None
+            results.append(DocumentResult(id=doc.id, text=text, **score.summary()))
+        metrics.documents.inc(len(results))
+        return FilterResponse(model=client.model_name, threshold=threshold, results=results)
+
+    @app.get("/v1/models")
+    def models(_: None = Depends(check_key)) -> dict:
+        client = state["client"]
+        return {"model": client.model_name, "threshold": client.threshold, "triton": client.address,
+                "served": {name: {"output": cfg["output"][0]["name"], "max_batch_size": cfg.get("max_batch_size", 0)}
+                           for name, cfg in client.server_models.items()}}
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        import tritonclient.grpc as grpcclient
+
+        if "client" not in state:
+            return error_response(503, "not connected to Triton yet")
+        triton = grpcclient.InferenceServerClient(state["client"].address)
+        try:
+            ready = all(triton.is_model_ready(m) for m in state["client"].server_models)
+        except Exception as err:
+            return error_response(503, f"Triton unreachable: {err}")
+        finally:
+            triton.close()
+        return {"status": "ready"} if ready else error_response(503, "a model is not ready")
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the gateway process started by ``tokfilter serve``."""
+    import uvicorn
+
+    from tokfilter.clients.filter_client import FilterClient
+
+    parser = argparse.ArgumentParser(prog="python -m tokfilter.server.gateway")
+    parser.add_argument("--triton", required=True, help="grpc://HOST:PORT of Triton")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--model-dir", type=Path, required=True, help="export of the served token model (tokenizer)")
+    parser.add_argument("--max-in-flight", type=int, default=8, help="window batches in flight to Triton")
+    for name, default in Limits().model_dump().items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    args = parser.parse_args(argv)
+    limits = Limits(**{k: getattr(args, k) for k in Limits().model_dump()})
+    try:
+        app = create_app(lambda: FilterClient(args.triton, args.model_dir, max_in_flight=args.max_in_flight), limits,
+                         os.environ.get("TOKFILTER_API_KEY"))
+    except TokfilterError as err:
+        print(f"gateway: error: {err}")
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

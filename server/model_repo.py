@@ -1,0 +1,99 @@
+"""``tokfilter model-repo``: place exported models into a Triton model repository.
+
+The committed ``model_repo/`` holds the configs and python-backend entry points; this command links
+(or copies) ``model.onnx``, ``model.int8.onnx``, ``tokenizer.json`` and ``tokfilter.json`` of each
+exported classifier into ``<repo>/<model>/1/``. With ``--out`` elsewhere, the committed configs are
+copied there first, so tests and benchmarks never touch the shared tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from tokfilter.errors import TokfilterError
+from tokfilter.modelcard import load_model_card
+from tokfilter.paths import MODEL_REPO_DIR, MODELS_DIR
+
+WINDOW_MODELS = ("token_classifier", "doc_classifier")
+SERVED_MODELS = WINDOW_MODELS + ("filter_text",)
+MODEL_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json", "tokfilter.json")
+VERSION = "1"
+
+
+def parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    """Parse a config.pbtxt against Triton's model-config schema (error names the file)."""
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (text_format.ParseError, OSError) as err:
+        raise TokfilterError(f"invalid Triton model config {path}: {err}") from err
+
+
+def served_config(repo: Path, model: str, instances: int | None, ort_threads: int | None, precision: str | None) -> str:
+    """The committed config of ``model`` as the JSON Triton's load API takes, with the asked-for
+    overrides, and for window models the windowing and tokenizer digest clients check against."""
+    config = parse_config(repo / model / "config.pbtxt")
+    if model in WINDOW_MODELS:
+        version_dir = repo / model / VERSION
+        card = load_model_card(version_dir)
+        served = {"max_length": card.max_length, "stride": card.stride, "threshold": card.threshold,
+                  "model_name": card.name, "tokenizer_sha256": file_sha256(version_dir / "tokenizer.json")}
+        for key, value in served.items():
+            config.parameters[key].string_value = str(value)
+    if instances is not None:
+        if instances < 1:
+            raise TokfilterError(f"--instances must be >= 1, got {instances}")
+        for group in config.instance_group:
+            group.count = instances
+    if ort_threads is not None:
+        config.parameters["ort_threads"].string_value = str(ort_threads)
+    if precision is not None:
+        config.parameters["precision"].string_value = precision
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def missing_model_files(repo: Path) -> list[Path]:
+    return [repo / m / VERSION / f for m in WINDOW_MODELS for f in MODEL_FILES if not (repo / m / VERSION / f).is_file()]
+
+
+def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = False) -> list[Path]:
+    """Put the exported model files into ``repo`` (links unless ``copy``); returns the placed paths."""
+    models_dir, repo = Path(models_dir).resolve(), Path(repo).resolve()
+    if repo != MODEL_REPO_DIR.resolve():
+        for model in SERVED_MODELS:
+            shutil.copytree(MODEL_REPO_DIR / model, repo / model, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES, "__pycache__"))
+    placed = []
+    for model in WINDOW_MODELS:
+        for name in MODEL_FILES:
+            src = models_dir / model / name
+            if not src.is_file():
+                raise TokfilterError(f"model file not found: {src} (run `tokfilter train-classifier` first, or pass --models-dir)")
+            dst = repo / model / VERSION / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            shutil.copy2(src, dst) if copy else os.symlink(src, dst)
+            placed.append(dst)
+    return placed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="exported classifiers (default: %(default)s)")
+    parser.add_argument("--repo", type=Path, default=MODEL_REPO_DIR, help="model repository to fill (default: %(default)s)")
+    parser.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+
+
+def main(args: argparse.Namespace) -> int:
+    placed = place_models(args.models_dir, args.repo, args.copy)
+    print(f"placed {len(placed)} files from {args.models_dir} into {args.repo}")
+    return 0
