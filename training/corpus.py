@@ -40,14 +40,14 @@ TOKEN = re.compile(r"\w+|[^\w\s]")  # token-ish unit of the statistics (words an
 class SizeConfig:
     """How much of each source a corpus size uses."""
 
-    item_fraction: float  # of every source's items (groups for ICD)
-    icd_fraction: float  # of ICD-10-CM categories, on top of item_fraction: ICD would swamp medicine
+    item_fraction: float  # of every source's items (of groups for ICD)
+    icd_fraction: float  # of ICD-10-CM groups, on top of item_fraction: ICD would swamp medicine
 
 
 SIZES = {
-    "default": SizeConfig(item_fraction=1.0, icd_fraction=0.3),
-    "small": SizeConfig(item_fraction=0.12, icd_fraction=0.3),
-    "tiny": SizeConfig(item_fraction=0.012, icd_fraction=0.3),
+    "default": SizeConfig(item_fraction=1.0, icd_fraction=0.2),
+    "small": SizeConfig(item_fraction=0.12, icd_fraction=0.2),
+    "tiny": SizeConfig(item_fraction=0.012, icd_fraction=0.2),
 }
 # Share of the medicine items that go, as short paragraphs, into otherwise benign (mixed) documents.
 MIXED_MEDICINE_FRACTION = 0.2
@@ -166,7 +166,7 @@ def _chunk(items: list[SourceItem], bounds: tuple[int, int], domain: str, rng: r
 
 
 def _paragraphs_of_source(items: list[SourceItem], rng: random.Random) -> list[_Paragraph]:
-    """Paragraphs of one source and domain: ICD codes grouped by category, others shuffled."""
+    """Paragraphs of one source and domain: ICD codes grouped by parent code, others shuffled."""
     bounds = PARAGRAPH_ITEMS[items[0].source]
     domain = items[0].domain
     if items[0].source != "icd10cm":

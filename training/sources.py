@@ -164,23 +164,22 @@ def load_hpo() -> tuple[list[SourceItem], list[str], SourceInfo]:
 
 # ---------------------------------------------------------------- ICD-10-CM (medicine)
 def load_icd10cm() -> tuple[list[SourceItem], list[str], SourceInfo]:
-    """ICD-10-CM code descriptions; an item's "definition" names its parent category, so codes of
-    one category share it and end up in one split."""
+    """ICD-10-CM code descriptions; an item's "definition" names its parent code, so the siblings
+    under one parent share it, form one group and end up in one split. Codes with a 7th character
+    (", initial encounter" / ", sequela" variants, half of all codes) are left out as repetitive."""
     _package_dir("icd10cm", "simple_icd_10_cm")
     import simple_icd_10_cm as icd
 
     items = []
     lexicon = []
     for code in icd.get_all_codes(with_dots=True):
-        if icd.is_chapter_or_block(code):
+        if icd.is_chapter_or_block(code) or icd.is_extended_subcategory(code):
             continue
         description = icd.get_description(code)
         parent = icd.get_parent(code)
-        parent_description = icd.get_description(parent) if parent else ""
-        definition = f"ICD-10-CM code {code}, in the category {parent_description}"
-        category = code.split(".")[0]
+        definition = f"ICD-10-CM code {code}, in the category {icd.get_description(parent)}"
         items.append(SourceItem(f"icd10cm:{code}", "icd10cm", "medicine", description, definition,
-                                group=f"icd10cm:{category}"))
+                                group=f"icd10cm:{parent}"))
         lexicon.append(description)
     data_files = sorted(p.name for p in (_package_dir("icd10cm", "simple_icd_10_cm") / "data").glob("code-list-*"))
     info = SourceInfo("icd10cm", data_files[-1].removeprefix("code-list-").removesuffix(".txt") if data_files else "unknown",
