@@ -268,6 +268,7 @@ _MEDICINE_ROOTS = {
 }
 _BIOLOGY_ROOTS = {
     "n:06037666",  # biology.n.01
+    "n:06079620",  # biochemistry.n.01 (under chemistry in WordNet)
     "n:00004475",  # organism.n.01 (minus person.n.01 below)
     "n:05220461",  # body_part.n.01 (anatomy goes to biology)
     "n:06057539",  # anatomy.n.01

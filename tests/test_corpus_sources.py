@@ -1,0 +1,54 @@
+"""Source loaders: the WordNet domain split on known synsets, and clear errors for missing sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tokfilter.errors import TokfilterError
+from tokfilter.training import sources
+
+
+def _first_sense(lemma: str) -> str:
+    """WordNet key ("n:offset") of the first noun sense of a lemma, read from index.noun."""
+    with open(sources.WORDNET_DIR / "index.noun", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith(f"{lemma} "):
+                fields = line.split()
+                n_senses = int(fields[2])
+                return f"n:{fields[-n_senses]}"
+    raise AssertionError(f"{lemma} not in WordNet")
+
+
+@pytest.fixture(scope="module")
+def wordnet_domains() -> dict[str, str]:
+    return sources.classify_wordnet(sources._parse_wordnet(sources.WORDNET_DIR))
+
+
+@pytest.mark.parametrize(("lemma", "domain"), [
+    ("aspirin", "medicine"), ("influenza", "medicine"), ("surgeon", "medicine"), ("appendectomy", "medicine"),
+    ("kidney", "biology"), ("physiology", "biology"), ("dog", "biology"), ("oak", "biology"), ("violin", "general"),
+    ("person", "general"), ("astronaut", "general"), ("burgundy", "general"), ("chair", "general"),
+])
+def test_wordnet_split_on_known_synsets(wordnet_domains, lemma, domain):
+    # people are organisms but general; wines are drugs (drug.n.01) but general; anatomy is biology
+    assert wordnet_domains[_first_sense(lemma)] == domain
+
+
+def test_missing_sources_name_the_source_and_make_sources(tmp_path: Path):
+    with pytest.raises(TokfilterError, match=r"gene_ontology.*make sources"):
+        sources.load_gene_ontology(tmp_path / "GO.sqlite")
+    with pytest.raises(TokfilterError, match=r"wordnet.*make sources"):
+        sources.load_wordnet(tmp_path)
+    with pytest.raises(TokfilterError, match=r"fortunes.*make sources"):
+        sources.load_fortunes(tmp_path / "none")
+
+
+def test_items_have_text_and_ids_are_unique():
+    items, _ = sources.load_gene_ontology()
+    hpo_items, hpo_terms, _ = sources.load_hpo()
+    all_items = items + hpo_items
+    assert len({i.item_id for i in all_items}) == len(all_items)
+    assert all(i.term and i.definition for i in all_items)
+    assert "Seizure" in hpo_terms and "Transient" not in hpo_terms  # modifiers stay out of the lexicon
