@@ -12,8 +12,8 @@ How it is measured:
   that moment: it counts whatever the loss, its backward and the gradients touch, through any
   allocator (tracemalloc would not see torch). Time is the wall clock of one forward+backward.
 - CUDA: in-process; peak = torch.cuda.max_memory_allocated over what the inputs hold, time = median
-  of CUDA-event timings after warm-up (which also runs the Triton autotuner); TFLOP/s counts the
-  useful 6 * N_kept * H * V FLOPs (forward 2, backward 4) for every variant.
+  of CUDA-event timings after warm-up (which also runs the Triton autotuner).
+- TFLOP/s counts the useful 6 * N_kept * H * V FLOPs (forward 2, backward 4) for every variant.
 Variants: naive (``masked_linear_cross_entropy_reference`` = ``F.cross_entropy(F.linear(h, W), y,
 reduction="none") * w`` then the weighted mean), chunked (the PyTorch row kernel), and on CUDA
 triton, liger and cce (Liger-Kernel, Cut Cross-Entropy; when installed; the mask becomes
@@ -63,6 +63,11 @@ def make_inputs(n: int, hidden_size: int, vocab: int, dtype: torch.dtype, masked
     return hidden, weight.requires_grad_(), targets, mask
 
 
+def useful_flops(kept_tokens: int, hidden_size: int, vocab: int) -> int:
+    """Forward (2) + backward (4) matmul FLOPs of the kept tokens: the same yardstick for every variant."""
+    return 6 * kept_tokens * hidden_size * vocab
+
+
 def loss_function(variant: str):
     """``fn(hidden, weight, targets, mask) -> mean loss`` of one variant; ImportError if absent."""
     if variant == "naive":
@@ -107,11 +112,12 @@ def cpu_worker(variant: str, n: int, hidden_size: int, vocab: int, masked_fracti
     loss.backward()
     seconds = time.perf_counter() - start
     peak = _proc_status_kib("VmHWM") - baseline
-    return {"seconds": seconds, "peak_mib": peak / 1024, "loss": loss.item()}
+    return {"seconds": seconds, "peak_mib": peak / 1024, "loss": loss.item(), "kept": int(mask.sum())}
 
 
 def run_cpu(args: argparse.Namespace) -> dict:
     n, hidden_size, vocab, dtype = args.n or SHAPES["cpu"][0], args.hidden, args.vocab, "float32"
+    load_before = os.getloadavg()
     runs: dict[tuple[str, float], list[dict]] = {}
     total = args.repeats * len(MASKED_FRACTIONS) * 2
     started = time.perf_counter()
@@ -131,9 +137,10 @@ def run_cpu(args: argparse.Namespace) -> dict:
                       f"ETA {elapsed / done * (total - done):.0f} s", flush=True)
     rows, ratios = [], []
     for (variant, fraction), results in runs.items():
+        median_s = statistics.median(r["seconds"] for r in results)
         rows.append({
-            "variant": variant, "masked_fraction": fraction,
-            "median_s": statistics.median(r["seconds"] for r in results),
+            "variant": variant, "masked_fraction": fraction, "median_s": median_s,
+            "tflops": useful_flops(results[0]["kept"], hidden_size, vocab) / median_s / 1e12,
             "times_s": [r["seconds"] for r in results],
             "peak_mib": max(r["peak_mib"] for r in results),
             "loss": results[0]["loss"],
@@ -152,7 +159,8 @@ def run_cpu(args: argparse.Namespace) -> dict:
               for r in ratios)
     return {
         "shape": {"N": n, "H": hidden_size, "V": vocab, "dtype": dtype}, "threads": torch.get_num_threads(),
-        "repeats": args.repeats, "memory": "peak RSS rise per fresh subprocess (VmHWM after clear_refs)",
+        "repeats": args.repeats, "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
+        "memory": "peak RSS rise per fresh subprocess (VmHWM after clear_refs)",
         "time": "median wall clock of one forward+backward", "runs": rows, "ratios": ratios,
         "goals": goal, "goals_met": met,
     }
@@ -204,7 +212,7 @@ def run_cuda(args: argparse.Namespace) -> dict:
                 fn = loss_function(variant)
                 inputs = make_inputs(n, hidden_size, vocab, torch.bfloat16, fraction, "cuda")
                 seconds, peak_mib = _cuda_time(fn, inputs, args.repeats)
-                tflops = 6 * int(inputs[3].sum()) * hidden_size * vocab / seconds / 1e12
+                tflops = useful_flops(int(inputs[3].sum()), hidden_size, vocab) / seconds / 1e12
                 row.update(median_s=seconds, peak_mib=peak_mib, tflops=tflops, fraction_of_peak=tflops / peak)
                 print(f"{variant:8s} masked={fraction:.2f} {seconds * 1e3:.1f} ms {peak_mib:.0f} MiB "
                       f"{tflops:.0f} TFLOP/s ({tflops / peak:.0%} of peak)", flush=True)
@@ -237,11 +245,17 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append(f"Shape N={shape['N']} H={shape['H']} V={shape['V']} {shape['dtype']}; "
                      f"{section['memory']}; {section['time']}; measured {section['measured_at']} on "
                      f"{section['machine']}.")
+        if "load_average_1min_before_after" in section:
+            load = section["load_average_1min_before_after"]
+            lines.append(f"The machine was shared: 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after "
+                         f"the run, so absolute times are inflated; variants were interleaved.")
         lines.append("")
         lines.append("| variant | masked | time (s) | peak (MiB) | TFLOP/s | note |")
         lines.append("|---|---|---|---|---|---|")
         for row in section["runs"]:
-            tflops = f"{row['tflops']:.0f} ({row['fraction_of_peak']:.0%})" if "tflops" in row else ""
+            tflops = f"{row['tflops']:.3g}" if "tflops" in row else ""
+            if "fraction_of_peak" in row:
+                tflops += f" ({row['fraction_of_peak']:.0%} of peak)"
             time_s = f"{row['median_s']:.3f}" if "median_s" in row else ""
             peak = f"{row['peak_mib']:.0f}" if "peak_mib" in row else ""
             lines.append(f"| {row['variant']} | {row['masked_fraction']:.2f} | {time_s} | {peak} | {tflops} | "

@@ -327,7 +327,7 @@ class _MaskedLinearCrossEntropy(torch.autograd.Function):
         if ctx.reduction == "none" and ctx.saved_tensors:
             kept_hidden, weight, bias, kept_targets, kept_weights, kept = ctx.saved_tensors
             z_loss, chunk_rows, row_kernel, needs = ctx.pass_args
-            coef = kept_weights * grad_output.index_select(0, kept).float()
+            coef = kept_weights * grad_output.index_select(0, kept).to(kept_weights.dtype)
             _, grad_hidden, grad_weight, grad_bias = _chunked_pass(
                 kept_hidden, weight, bias, kept_targets, coef, z_loss, chunk_rows, row_kernel, needs
             )
