@@ -293,9 +293,10 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
     rng = random.Random(seed)
     noise_rng = random.Random(f"{seed}:label-noise")  # own stream: noise never changes the texts
     stats: dict[str, dict] = {}
-    for split in SPLITS:
-        split_items = [i for i in items if split_of[i.item_id] == split]
-        documents = compose_documents(split_items, rng)
+    documents_of = {split: compose_documents([i for i in items if split_of[i.item_id] == split], rng)
+                    for split in SPLITS}
+    log.start_writing(sum(map(len, documents_of.values())))
+    for split, documents in documents_of.items():
         split_stats = {"docs": Counter(), "tokens": Counter(), "chars": 0, "medicine_tokens": 0}
         with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as fh:
             for index, (domain, paragraphs) in enumerate(documents):
@@ -311,7 +312,7 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
                 split_stats["tokens"][domain] += tokens
                 split_stats["chars"] += len(text)
                 split_stats["medicine_tokens"] += sum(_token_count(text[s:e]) for s, e in spans)
-                log.tick(len(text))
+                log.tick(tokens)
         stats[split] = split_stats
         log.stage(f"wrote {split}: {len(documents):,} documents")
 
@@ -364,26 +365,34 @@ def read_corpus(path: str | Path) -> Iterator[dict]:
 
 
 class _Progress:
-    """Stage timings and characters/s on stderr, for a build that takes a minute or two."""
+    """Stage timings, then documents written, tokens/s and ETA on stderr (the default build takes
+    about a minute)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.start = self.last_print = time.monotonic()
-        self.chars = 0
+        self.start = self.last_print = self.writing_start = time.monotonic()
+        self.total_docs = self.docs = self.tokens = 0
 
     def stage(self, message: str) -> None:
         self.last_print = time.monotonic()
         if self.enabled:
             print(f"[{time.monotonic() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    def tick(self, chars: int) -> None:
-        self.chars += chars
+    def start_writing(self, total_docs: int) -> None:
+        self.writing_start = time.monotonic()
+        self.total_docs = total_docs
+        self.stage(f"composed {total_docs:,} documents; rendering, labelling and writing")
+
+    def tick(self, tokens: int) -> None:
+        self.docs += 1
+        self.tokens += tokens
         now = time.monotonic()
         if self.enabled and now - self.last_print > 5.0:
             self.last_print = now
-            rate = self.chars / max(1e-9, now - self.start)
-            print(f"[{now - self.start:6.1f}s] {self.chars / 1e6:.1f} MB written, {rate / 1e6:.2f} MB/s",
-                  file=sys.stderr, flush=True)
+            elapsed = max(1e-9, now - self.writing_start)
+            eta = (self.total_docs - self.docs) * elapsed / self.docs
+            print(f"[{now - self.start:6.1f}s] {self.docs:,}/{self.total_docs:,} docs, "
+                  f"{self.tokens / elapsed:,.0f} tokens/s, ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
