@@ -1,0 +1,324 @@
+"""Streaming a corpus through the filter into masked shards: the steps both engines share.
+
+Per buffer of documents (``buffer_docs`` records, in input order): score with the shared
+``ScoringPipeline`` (which tokenizes, windows, batches by a token budget sorted by length and
+restores the order), project the character probabilities onto the target tokenizer, append to the
+open shard. Shards close only between buffers, and the manifest records how far each input was
+read, so ``--resume`` after a kill continues at the last shard with identical buffers and identical
+bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from tokfilter import paths
+from tokfilter.clients.projection import TargetTokenizer, project
+from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
+from tokfilter.clients.shards import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    ShardWriter,
+    read_manifest,
+    remove_unlisted_shards,
+    token_dtype,
+)
+from tokfilter.errors import TokfilterError
+from tokfilter.modelcard import load_model_card
+from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoredModel, ScoringPipeline, WindowScorer
+
+ON_ERROR = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """Everything that decides the bytes of the shards (checked again on ``--resume``), plus
+    ``server``/``max_in_flight``/``threads``, which only decide where and how fast models run."""
+
+    token_model: str = str(paths.TOKEN_MODEL_DIR)
+    doc_model: str = str(paths.DOC_MODEL_DIR)
+    target_tokenizer: str = str(paths.TARGET_TOKENIZER)
+    threshold: float | None = None  # None: the token model card's threshold
+    doc_prefilter: float | None = None
+    precision: str = "fp32"
+    text_field: str = "text"
+    id_field: str = "id"
+    on_error: str = "skip"
+    buffer_docs: int = 256
+    shard_tokens: int = 1 << 22
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    server: str | None = None
+    max_in_flight: int = 4
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise TokfilterError(f"--on-error must be one of {ON_ERROR}, got {self.on_error!r}")
+        if self.buffer_docs < 1:
+            raise TokfilterError(f"--buffer-docs must be >= 1, got {self.buffer_docs}")
+        if self.max_in_flight < 1:
+            raise TokfilterError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+        if self.doc_prefilter is not None and not 0.0 <= self.doc_prefilter <= 1.0:
+            raise TokfilterError(f"--doc-prefilter must be in [0, 1], got {self.doc_prefilter}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise TokfilterError(f"--threshold must be in [0, 1], got {self.threshold}")
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        keys = ("precision", "text_field", "id_field", "on_error", "buffer_docs", "shard_tokens", "max_batch_tokens",
+                "doc_prefilter")
+        return {k: asdict(self)[k] for k in keys}
+
+
+@dataclass(frozen=True)
+class FilteredDoc:
+    """A document on the target tokenizer: ids, filter probability per id, document score, its
+    length in classifier tokens, and whether the cascade skipped the token model for it."""
+
+    ids: np.ndarray
+    probs: np.ndarray
+    doc_score: float
+    classifier_tokens: int
+    prefiltered: bool
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_metadata(model_dir: str, precision: str) -> dict:
+    card = load_model_card(model_dir)
+    onnx = Path(model_dir) / ("model.int8.onnx" if precision == "int8" else "model.onnx")
+    if not onnx.is_file():
+        raise TokfilterError(f"model file not found: {onnx} (run `tokfilter train-classifier`)")
+    return {"dir": str(model_dir), "name": card.name, "sha256": _sha256(onnx), "threshold": card.threshold,
+            "max_length": card.max_length, "stride": card.stride}
+
+
+class RetryingScorer:
+    """A remote window scorer that retries a failed request with exponential backoff, then gives
+    up with a clear error (the run stops; ``--resume`` continues it)."""
+
+    def __init__(self, scorer: WindowScorer, where: str, attempts: int = 4, backoff_s: float = 0.5):
+        self.scorer, self.where, self.attempts, self.backoff_s = scorer, where, attempts, backoff_s
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return with_retries(lambda: self.scorer(input_ids, attention_mask), self.where, self.attempts, self.backoff_s)
+
+
+def with_retries(call, where: str, attempts: int = 4, backoff_s: float = 0.5):
+    """``call()``, retried ``attempts`` times with doubling pauses on server or network errors."""
+    from tritonclient.utils import InferenceServerException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (InferenceServerException, TokfilterError, ConnectionError, OSError) as err:
+            if attempt == attempts - 1:
+                raise TokfilterError(f"server {where} unreachable after {attempts} attempts: {err}") from err
+            time.sleep(backoff_s * 2**attempt)
+
+
+def _retrying(model: ScoredModel | None, where: str) -> ScoredModel | None:
+    return model and ScoredModel(RetryingScorer(model.scorer, where), model.max_length, model.stride)
+
+
+class ChunkFilter:
+    """Tokenize, infer, project one buffer of texts: the per-document work of every engine.
+
+    Models run in process (ONNX Runtime) or, with ``server``, on Triton through ``FilterClient``'s
+    window scorers, with at most ``max_in_flight`` requests in flight."""
+
+    def __init__(self, settings: FilterSettings, server: str | None = None):
+        self.settings = settings
+        self.target = TargetTokenizer(settings.target_tokenizer)
+        server = server or settings.server
+        if server:
+            from tokfilter.clients.filter_client import FilterClient
+
+            client = with_retries(lambda: FilterClient(server, settings.token_model, max_in_flight=1), server)
+            client.close()
+            served = client.pipeline
+            if served.doc_model is None:
+                raise TokfilterError(f"server {server} does not serve the document model 'doc_classifier'")
+            executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="tokfilter-filter")
+            self.pipeline = ScoringPipeline(
+                served.tokenizer, _retrying(served.token_model, server), served.threshold, _retrying(served.doc_model, server),
+                max_batch_tokens=settings.max_batch_tokens, executor=executor,
+            )
+        else:
+            from tokfilter.inference import OnnxWindowScorer
+
+            executor = None
+            self.pipeline = ScoringPipeline.from_model_dirs(
+                settings.token_model, settings.doc_model, max_batch_tokens=settings.max_batch_tokens,
+                make_scorer=lambda d: OnnxWindowScorer(d, precision=settings.precision, threads=settings.threads),
+            )
+        self.threshold = self.pipeline.threshold if settings.threshold is None else settings.threshold
+        self.token_only = ScoringPipeline(
+            self.pipeline.tokenizer, self.pipeline.token_model, self.threshold,
+            max_batch_tokens=settings.max_batch_tokens, executor=executor,
+        )
+
+    def __call__(self, texts: list[str]) -> list[FilteredDoc]:
+        if not texts:
+            return []
+        low = self.settings.doc_prefilter
+        if low is None:
+            scored = self.pipeline.score(texts, self.threshold)
+            doc_scores = [s.doc_score for s in scored]
+            by_doc = dict(enumerate(scored))
+            lengths = {i: len(s.token_ids) for i, s in by_doc.items()}
+        else:
+            doc_scores = self.pipeline.score_documents(texts).tolist()
+            kept = [i for i, s in enumerate(doc_scores) if s >= low]
+            dropped = [i for i, s in enumerate(doc_scores) if s < low]
+            by_doc = dict(zip(kept, self.token_only.score([texts[i] for i in kept], self.threshold)))
+            encoded = self.token_only.encode([texts[i] for i in dropped])
+            lengths = {i: len(e.ids) for i, e in zip(dropped, encoded)} | {i: len(s.token_ids) for i, s in by_doc.items()}
+        out = []
+        for i, enc in enumerate(self.target.encode(texts)):
+            scores = by_doc.get(i)
+            probs = project(scores.char_probs, enc.starts, enc.ends) if scores else np.zeros(len(enc.ids), np.float32)
+            out.append(FilteredDoc(enc.ids, probs, float(doc_scores[i]), lengths[i], scores is None))
+        return out
+
+
+def chunked(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    it = iter(records)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class InputProgress:
+    """Progress over all inputs in bytes on disk, with documents/s and tokens/s (tqdm on stderr)."""
+
+    def __init__(self, inputs: list[str], enabled: bool):
+        from tqdm import tqdm
+
+        sizes = [0 if p == STDIN else Path(p).stat().st_size for p in inputs]
+        self.done_before = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        self.positions = [[0] for _ in inputs]
+        self.bar = tqdm(total=sum(sizes) or None, unit="B", unit_scale=True, disable=not enabled or None,
+                        desc="filter", file=sys.stderr, dynamic_ncols=True)
+        self.start, self.docs, self.tokens = time.perf_counter(), 0, 0
+
+    def update(self, input_index: int, docs: int, tokens: int) -> None:
+        self.docs += docs
+        self.tokens += tokens
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.n = self.done_before[input_index] + self.positions[input_index][0]
+        self.bar.set_postfix_str(f"{self.docs / elapsed:.1f} docs/s, {self.tokens / elapsed:,.0f} tokens/s", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, target: TargetTokenizer,
+                   threshold: float, resume: bool) -> dict:
+    """A fresh manifest, or the one of the run being resumed (checked to use the same settings)."""
+    check_inputs(inputs)
+    manifest = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "dtype": token_dtype(target.vocab_size).name, "eot_id": target.eot_id, "hidden_id": target.hidden_id,
+        "threshold": threshold,
+        "settings": settings.identity(),
+        "target_tokenizer": target.metadata(),
+        "token_model": model_metadata(settings.token_model, settings.precision),
+        "doc_model": model_metadata(settings.doc_model, settings.precision),
+        "inputs": [{"path": p, "records_read": 0, "done": False} for p in inputs],
+        "shards": [], "counts": {}, "complete": False,
+    }
+    if not (out_dir / MANIFEST).exists():
+        return manifest
+    if not resume:
+        raise TokfilterError(f"--out {out_dir} already holds shards ({MANIFEST}); pass --resume to continue, or choose an empty directory")
+    if STDIN in inputs:
+        raise TokfilterError("--resume cannot continue reading stdin ('-'): give files")
+    old = read_manifest(out_dir)
+    for key in ("dtype", "eot_id", "hidden_id", "threshold", "settings", "target_tokenizer", "token_model", "doc_model"):
+        if old.get(key) != manifest[key]:
+            raise TokfilterError(f"--resume: {key} differs from the run in {out_dir} ({old.get(key)} != {manifest[key]})")
+    if [i["path"] for i in old["inputs"]] != inputs:
+        raise TokfilterError(f"--resume: INPUT must be the same files as the run in {out_dir}: {[i['path'] for i in old['inputs']]}")
+    remove_unlisted_shards(out_dir, old)
+    return old
+
+
+def write_filtered(writer: ShardWriter, chunk: list[Record], docs: list[FilteredDoc], on_error: str) -> int:
+    """Append a buffer's documents to the writer; returns the target tokens written."""
+    good = [r for r in chunk if r.error is None]
+    for r in chunk:
+        if r.error is not None:
+            if on_error == "fail":
+                raise TokfilterError(f"{r.error} (--on-error fail; use --on-error skip to skip such records)")
+            print(f"skipped {r.error}", file=sys.stderr)
+            writer.count("skipped")
+    tokens = 0
+    for r, d in zip(good, docs, strict=True):
+        writer.add(r.doc_id, d.ids, d.probs, d.doc_score)
+        writer.count("classifier_tokens", d.classifier_tokens)
+        writer.count("token_model_tokens", 0 if d.prefiltered else d.classifier_tokens)
+        writer.count("prefiltered_docs", int(d.prefiltered))
+        tokens += len(d.ids)
+    for r in chunk:
+        writer.advance(r.input_index, r.position)
+    writer.flush_if_full()
+    return tokens
+
+
+def input_records(manifest: dict, settings: FilterSettings, progress: InputProgress | None) -> Iterator[Record]:
+    """Records of all inputs, each from where the manifest says the last run stopped."""
+    for i, entry in enumerate(manifest["inputs"]):
+        yield from iter_records(entry["path"], i, settings.text_field, settings.id_field, skip=entry["records_read"],
+                                progress=progress.positions[i] if progress else None)
+
+
+def run_local(inputs: list[str], out_dir: Path, settings: FilterSettings, resume: bool = False,
+              show_progress: bool = True) -> dict:
+    """Filter ``inputs`` into shards in ``out_dir`` in this process; returns the final manifest."""
+    settings.validate()
+    out_dir = Path(out_dir)
+    if settings.server and "," in settings.server:
+        raise TokfilterError("--server: the local engine takes one endpoint; use --engine ray for several")
+    chunk_filter = ChunkFilter(settings)
+    manifest = prepare_output(inputs, out_dir, settings, chunk_filter.target, chunk_filter.threshold, resume)
+    if manifest["complete"]:
+        return manifest
+    return write_run(inputs, out_dir, manifest, settings, show_progress,
+                     lambda buffers: ((chunk, chunk_filter(buffer_texts(chunk))) for chunk in buffers))
+
+
+def buffer_texts(chunk: list[Record]) -> list[str]:
+    """The texts of a buffer's well-formed records (malformed ones are counted, not scored)."""
+    return [r.text for r in chunk if r.error is None]
+
+
+def write_run(inputs: list[str], out_dir: Path, manifest: dict, settings: FilterSettings, show_progress: bool,
+              filter_buffers: Callable[[Iterator[list[Record]]], Iterator[tuple[list[Record], list[FilteredDoc]]]]) -> dict:
+    """Read the inputs into buffers, have ``filter_buffers`` filter them (yielding in input order,
+    any engine), write shards; returns the final manifest."""
+    writer = ShardWriter(out_dir, manifest, settings.shard_tokens)
+    progress = InputProgress(inputs, show_progress)
+    try:
+        buffers = chunked(input_records(manifest, settings, progress), settings.buffer_docs)
+        for chunk, docs in filter_buffers(buffers):
+            tokens = write_filtered(writer, chunk, docs, settings.on_error)
+            progress.update(chunk[-1].input_index, len(docs), tokens)
+    finally:
+        progress.close()
+    for entry in manifest["inputs"]:
+        entry["done"] = True
+    writer.close()
+    return manifest

@@ -1,0 +1,76 @@
+"""``tokfilter filter INPUT... --out DIR``: stream a corpus through the filter into masked shards.
+
+Without ``--server`` the models in artifacts/models run in process (ONNX Runtime); with
+``--server grpc://HOST:PORT`` they run on Triton. ``--engine ray`` runs the same steps on Ray Data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tokfilter import paths
+from tokfilter.clients.corpus_filter import ON_ERROR, FilterSettings, run_local
+
+DEFAULTS = FilterSettings()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL (.jsonl, .gz, .zst), Parquet, or '-' for stdin")
+    parser.add_argument("--out", type=Path, default=paths.SHARDS_DIR, help="shard directory (default: %(default)s)")
+    parser.add_argument("--server", help="Triton gRPC endpoint(s), comma-separated, e.g. grpc://127.0.0.1:8001 (default: in-process ONNX Runtime)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: start a local instance)")
+    parser.add_argument("--ray-actors", type=int, default=1, help="filter actors for --engine ray (default: %(default)s)")
+    parser.add_argument("--target-tokenizer", default=DEFAULTS.target_tokenizer, help="tokenizer.json or .tiktoken of the pretraining")
+    parser.add_argument("--token-model", default=DEFAULTS.token_model)
+    parser.add_argument("--doc-model", default=DEFAULTS.doc_model)
+    parser.add_argument("--threshold", type=float, help="token threshold for the flagged counts (default: the model card's)")
+    parser.add_argument("--doc-prefilter", type=float, metavar="LOW", help="documents with document score < LOW skip the token model")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default=DEFAULTS.precision)
+    parser.add_argument("--text-field", default=DEFAULTS.text_field)
+    parser.add_argument("--id-field", default=DEFAULTS.id_field)
+    parser.add_argument("--on-error", choices=ON_ERROR, default=DEFAULTS.on_error, help="malformed records: skip (counted) or fail")
+    parser.add_argument("--buffer-docs", type=int, default=DEFAULTS.buffer_docs, help="documents sorted and batched together")
+    parser.add_argument("--shard-tokens", type=int, default=DEFAULTS.shard_tokens, help="tokens per shard (about)")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULTS.max_batch_tokens, help="padded tokens per model batch")
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULTS.max_in_flight, help="concurrent requests to the server")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model (default: all cores)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or kill")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace) -> FilterSettings:
+    return FilterSettings(
+        token_model=args.token_model, doc_model=args.doc_model, target_tokenizer=args.target_tokenizer,
+        threshold=args.threshold, doc_prefilter=args.doc_prefilter, precision=args.precision,
+        text_field=args.text_field, id_field=args.id_field, on_error=args.on_error, buffer_docs=args.buffer_docs,
+        shard_tokens=args.shard_tokens, max_batch_tokens=args.max_batch_tokens, server=args.server,
+        max_in_flight=args.max_in_flight, threads=args.threads,
+    )
+
+
+def summary(manifest: dict) -> str:
+    c = manifest["counts"]
+    tokens, flagged = c.get("tokens", 0), c.get("flagged", 0)
+    line = (f"{len(manifest['shards'])} shards: {c.get('docs', 0)} documents, {tokens} tokens, {flagged} flagged "
+            f"({flagged / max(tokens, 1):.1%} at threshold {manifest['threshold']:.3f}), {c.get('skipped', 0)} records skipped")
+    if manifest["settings"]["doc_prefilter"] is not None:
+        saved = 1 - c.get("token_model_tokens", 0) / max(c.get("classifier_tokens", 0), 1)
+        line += f"; cascade: {c.get('prefiltered_docs', 0)} documents skipped the token model ({saved:.1%} of its compute)"
+    return line
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.engine == "ray":
+        from tokfilter.clients.ray_engine import run_ray
+
+        manifest = run_ray(args.inputs, args.out, settings, resume=args.resume, address=args.ray_address,
+                           actors=args.ray_actors, show_progress=not args.no_progress)
+    else:
+        manifest = run_local(args.inputs, args.out, settings, resume=args.resume, show_progress=not args.no_progress)
+    print(f"{args.out}: {summary(manifest)}")
+    print(json.dumps({"out": str(args.out), "counts": manifest["counts"]}, sort_keys=True))
+    return 0
