@@ -14,6 +14,15 @@ from tokfilter.training.pretrain import PretrainConfig, shard_batches, train
 EOT, HIDDEN, VOCAB = 0, 1, 32
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread than on contended two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def write_pattern_shards(out_dir, n_docs=40, flag_token=7):
     """Documents repeating 2..9; token ``flag_token`` is flagged (p=0.9), the rest p=0.1.
     Every fourth document gets a high document score."""

@@ -153,7 +153,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                eta = (config.token_budget - unmasked) / rate if rate > 0 else float("inf")
+                eta = max(0, config.token_budget - unmasked) / rate if rate > 0 else float("inf")
                 print(
                     f"[{config.run_type} {config.size}] step {step} loss {record['loss']:.3f} lr {lr:.2e} "
                     f"tokens {unmasked}/{config.token_budget} unmasked ({total} seen) "

@@ -1,0 +1,98 @@
+"""The experiment grid: pure analysis functions and the `smoke` config end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tokfilter.cli import main as cli_main
+from tokfilter.errors import TokfilterError
+from tokfilter.training.experiment import (
+    ExperimentConfig, config_path, fit_power_law, interpolate_at, loss_matched_compute_ratio, run_experiment,
+    threshold_for_fraction,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(st.floats(0, 1, width=16), min_size=1, max_size=60),
+    data=st.data(),
+    fraction=st.floats(0.01, 0.99),
+)
+def test_quantile_threshold_flags_at_least_the_fraction_and_is_the_highest_such(scores, data, fraction):
+    scores = np.asarray(scores, dtype=np.float32)
+    weights = np.asarray(data.draw(st.lists(st.integers(1, 50), min_size=len(scores), max_size=len(scores))), dtype=np.float64)
+    t = threshold_for_fraction(scores, weights, fraction)
+    total = weights.sum()
+    assert weights[scores >= t].sum() >= fraction * total * (1 - 1e-9)
+    higher = scores[scores > t]
+    if len(higher):  # the next distinct score up would flag too little
+        assert weights[scores >= higher.min()].sum() < fraction * total
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.floats(-2, 3), b=st.floats(-0.3, -0.01), scale=st.floats(0.1, 10))
+def test_power_law_fit_and_loss_matched_ratio_recover_known_law(a, b, scale):
+    compute = [1e9, 1e10, 1e11]
+    loss = [math.exp(a + b * math.log(c)) for c in compute]
+    fit = fit_power_law(compute, loss)
+    assert fit[0] == pytest.approx(a, abs=1e-6) and fit[1] == pytest.approx(b, abs=1e-8)
+    # a run whose loss the baseline reaches with `scale` times its compute has ratio `scale`
+    c = 3e10
+    target = math.exp(a + b * math.log(c * scale))
+    assert loss_matched_compute_ratio(target, c, fit) == pytest.approx(scale, rel=1e-5)
+    assert fit_power_law([1e9, 1e9], [3.0, 3.1]) is None
+
+
+def test_interpolation_is_none_outside_the_curve():
+    assert interpolate_at([0.0, 1.0], [0.0, 2.0], 0.25) == pytest.approx(0.5)
+    assert interpolate_at([1.0, 0.0], [2.0, 0.0], 0.25) == pytest.approx(0.5)
+    assert interpolate_at([0.0, 1.0], [0.0, 2.0], 1.5) is None
+    assert interpolate_at([], [], 0.0) is None
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "sizes": ["tiny"], "thresholds": [0.5]}))
+    with pytest.raises(TokfilterError, match="unknown key.*thresholds"):
+        ExperimentConfig.load(bad)
+    bad.write_text(json.dumps({"name": "x", "sizes": ["huge"]}))
+    with pytest.raises(TokfilterError, match="sizes"):
+        ExperimentConfig.load(bad)
+    bad.write_text(json.dumps({"name": "x", "sizes": ["tiny"], "run_types": ["mask"]}))
+    with pytest.raises(TokfilterError, match="nomask"):
+        ExperimentConfig.load(bad)
+    assert cli_main(["experiment", str(tmp_path / "missing.json")]) == 2
+    for name in ("smoke", "small"):
+        ExperimentConfig.load(config_path(name))
+
+
+@pytest.mark.slow
+def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path):
+    config = ExperimentConfig.load(config_path("smoke"))
+    out = tmp_path / "report"
+    results = run_experiment(config, tiny_corpus_dir, tiny_models_dir, tmp_path / "tokenizer.json", tmp_path / "work",
+                             out, threads=1)
+    assert (tmp_path / "tokenizer.json").is_file() and (tmp_path / "work" / "shards" / "manifest.json").is_file()
+    for name in ("report.md", "results.json", "frontier.png", "compute.png", "multiple_choice.png", "adversarial.png"):
+        assert (out / name).stat().st_size > 0
+    runs = results["runs"]
+    # per size: nomask + 2 document + 2 x (mask, remove) token thresholds
+    assert len(runs) == 2 * 7
+    for r in runs:
+        assert set(r["losses"]) == {"medicine", "biology", "general"}
+        assert r["train"]["unmasked_tokens"] >= config.token_budget
+        if r["run_type"] in ("mask", "remove"):
+            assert r["train"]["total_tokens"] > r["train"]["unmasked_tokens"]
+    fractions = sorted(r["flagged_fraction"] for r in runs if r["run_type"] == "mask")
+    assert fractions[0] >= 0.25 and fractions[-1] >= 0.5
+    assert all("adversarial" in r for r in runs if r["primary"] and r["run_type"] != "nomask")
+    assert results["analysis"]["fits"]["medicine"] is not None  # two sizes: the compute law is fitted
+    report = (out / "report.md").read_text()
+    assert report.count("reproduced") >= 4
+    # a second call reuses the finished runs
+    again = run_experiment(config, tiny_corpus_dir, tiny_models_dir, tmp_path / "tokenizer.json", tmp_path / "work",
+                           out, threads=1)
+    assert [r["train"] for r in again["runs"]] == [r["train"] for r in runs]
