@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from tokfilter.errors import TokfilterError
-from tokfilter.scoring import hide_spans
+from tokfilter.scoring import hide_spans, safe_text
 
 
 class Limits(BaseModel):
@@ -176,18 +176,18 @@ def create_app(make_client, limits: Limits = Limits(), api_key: str | None = Non
             if len(doc.text) > limits.max_chars:
                 raise GatewayError(413, f"documents[{i}].text has {len(doc.text)} characters, over max_chars={limits.max_chars}", "max_chars")
         client = state["client"]
-        texts = [d.text for d in body.documents]
+        texts = [safe_text(d.text) for d in body.documents]  # a lone surrogate could not be answered in UTF-8
         try:
             scores = await run_in_threadpool(client.filter, texts, body.threshold)
         except Exception as err:  # the model server failed or went away
             raise GatewayError(503, f"model server error: {err}") from err
         threshold = client.threshold if body.threshold is None else body.threshold
         results = []
-        for doc, score in zip(body.documents, scores):
+        for doc, text, score in zip(body.documents, texts, scores):
             metrics.tokens.inc(len(score.token_ids))
             metrics.flagged.observe(score.flagged_fraction)
-            text = hide_spans(doc.text, score.spans) if body.mode == "remove" else None
-            results.append(DocumentResult(id=doc.id, text=text, **score.summary()))
+            shown = hide_spans(text, score.spans) if body.mode == "remove" else None
+            results.append(DocumentResult(id=doc.id, text=shown, **score.summary()))
         metrics.documents.inc(len(results))
         return FilterResponse(model=client.model_name, threshold=threshold, results=results)
 
