@@ -82,3 +82,16 @@ def test_unknown_tokenizer_file_is_a_clear_error(tmp_path):
     (tmp_path / "vocab.txt").write_text("x")
     with pytest.raises(TokfilterError, match="--target-tokenizer must be"):
         TargetTokenizer(tmp_path / "vocab.txt")
+
+
+def test_train_tokenizer_cli(tiny_corpus_dir, tmp_path):
+    from tokfilter.cli import main
+
+    out = tmp_path / "tok" / "tokenizer.json"
+    assert main(["train-tokenizer", str(tiny_corpus_dir / "test.jsonl"), "--out", str(out), "--vocab-size", "300"]) == 0
+    tok = TargetTokenizer(out)
+    assert tok.vocab_size == 300 and (tok.eot_id, tok.hidden_id) == (0, 1)
+    text = "Insulin 😀 naïve"
+    (enc,) = tok.encode([text])
+    assert tok._hf.decode(enc.ids.tolist()) == text  # byte-level: any text round-trips
+    assert main(["train-tokenizer", str(tiny_corpus_dir / "test.jsonl"), "--out", str(out), "--vocab-size", "10"]) == 2
