@@ -112,7 +112,7 @@ def make_lexicon(items: Sequence[SourceItem], lexicon_terms: Sequence[str]) -> L
 
 
 def select_items(items: Sequence[SourceItem], config: SizeConfig, seed: int) -> list[SourceItem]:
-    """The items a corpus size uses, drawn per group so ICD categories stay whole."""
+    """The items a corpus size uses, drawn per group so the codes under one ICD parent stay together."""
     chosen = []
     for item in items:
         key = item.group or item.item_id
