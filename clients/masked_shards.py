@@ -72,26 +72,36 @@ class MaskedShards(IterableDataset):
         self.hidden_id = self.manifest.get("hidden_id")
         if mode == "remove" and self.hidden_id is None:
             raise TokfilterError(f"mode 'remove' needs a [hidden] token, but the target tokenizer of {shard_dir} has none")
-        self._ids, self._probs = self._stream(shards)
-        self.num_samples = max(0, (len(self._ids) - 1) // seq_len)
+        self._pieces, self._piece_starts = self._stream_pieces(shards)
+        self.num_tokens = int(self._piece_starts[-1])
+        self.num_samples = max(0, (self.num_tokens - 1) // seq_len)
 
-    def _stream(self, shards: list) -> tuple[np.ndarray, np.ndarray]:
-        """The token stream the samples are cut from (memory maps, unless documents are dropped)."""
-        if not shards:
-            return np.zeros(0, np.int64), np.zeros(0, np.float16)
-        if self.mode != "document":
-            if len(shards) == 1:
-                return shards[0].ids, shards[0].probs
-            return np.concatenate([s.ids for s in shards]), np.concatenate([s.probs for s in shards])
-        ids, probs = [], []
+    def _stream_pieces(self, shards: list) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """The token stream as memory-mapped pieces (whole shards, or in ``document`` mode the kept
+        documents with their end-of-text tokens) and the stream offset where each piece starts."""
+        pieces = []
         for s in shards:
-            keep = s.doc_scores < self.doc_threshold
-            for start, length in zip(s.starts[keep], s.lengths[keep]):
-                ids.append(s.ids[start : start + length + 1])  # the document and its end-of-text
-                probs.append(s.probs[start : start + length + 1])
-        if not ids:
-            return np.zeros(0, np.int64), np.zeros(0, np.float16)
-        return np.concatenate(ids), np.concatenate(probs)
+            if self.mode != "document":
+                pieces.append((s.ids, s.probs))
+                continue
+            kept = s.doc_scores < self.doc_threshold
+            for start, length in zip(s.starts[kept], s.lengths[kept]):
+                pieces.append((s.ids[start : start + length + 1], s.probs[start : start + length + 1]))
+        starts = np.concatenate([[0], np.cumsum([len(ids) for ids, _ in pieces], dtype=np.int64)])
+        return pieces, starts
+
+    def _slice(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stream positions ``[lo, hi)`` as (int64 ids, float32 probs)."""
+        first = int(np.searchsorted(self._piece_starts, lo, side="right")) - 1
+        ids, probs = [], []
+        i = first
+        while i < len(self._pieces) and self._piece_starts[i] < hi:
+            a = max(lo - self._piece_starts[i], 0)
+            b = min(hi - self._piece_starts[i], len(self._pieces[i][0]))
+            ids.append(self._pieces[i][0][a:b])
+            probs.append(self._pieces[i][1][a:b])
+            i += 1
+        return np.concatenate(ids).astype(np.int64), np.concatenate(probs).astype(np.float32)
 
     def __len__(self) -> int:
         """Samples this rank's workers yield together (DataLoader uses it for progress)."""
@@ -121,9 +131,8 @@ class MaskedShards(IterableDataset):
 
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample ``k`` of the stream: ``(input_ids, targets, loss_weights)``."""
-        lo = k * self.seq_len
-        ids = np.asarray(self._ids[lo : lo + self.seq_len + 1], dtype=np.int64)
-        flagged = np.asarray(self._probs[lo : lo + self.seq_len + 1], dtype=np.float32) >= self.threshold
+        ids, probs = self._slice(k * self.seq_len, (k + 1) * self.seq_len + 1)
+        flagged = probs >= self.threshold
         weights = np.ones(self.seq_len, dtype=np.float32)
         if self.mode in ("mask", "remove"):
             weights[flagged[1:]] = 0.0
