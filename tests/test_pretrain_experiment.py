@@ -65,7 +65,7 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(TokfilterError, match="nomask"):
         ExperimentConfig.load(bad)
     assert cli_main(["experiment", str(tmp_path / "missing.json")]) == 2
-    for name in ("smoke", "small"):
+    for name in ("smoke", "small", "reduced", "ablation_ratio", "ablation_label_noise"):
         ExperimentConfig.load(config_path(name))
 
 
@@ -96,3 +96,17 @@ def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path)
     again = run_experiment(config, tiny_corpus_dir, tiny_models_dir, tmp_path / "tokenizer.json", tmp_path / "work",
                            out, threads=1)
     assert [r["train"] for r in again["runs"]] == [r["train"] for r in runs]
+
+    # the pretrain and evaluate commands on the same shards
+    run_dir, nomask_dir = tmp_path / "cli-run", tmp_path / "work" / "runs" / "tiny-nomask"
+    assert cli_main(["pretrain", "--shards", str(tmp_path / "work" / "shards"), "--tokenizer", str(tmp_path / "tokenizer.json"),
+                     "--out", str(run_dir), "--size", "tiny", "--run-type", "remove", "--threshold", "0.5",
+                     "--seq-len", "64", "--batch-size", "4", "--token-budget", "1000", "--device", "cpu"]) == 0
+    assert json.loads((run_dir / "summary.json").read_text())["unmasked_tokens"] >= 1000
+    assert cli_main(["evaluate", str(run_dir), "--corpus", str(tiny_corpus_dir), "--tokenizer", str(tmp_path / "tokenizer.json"),
+                     "--reference", str(nomask_dir), "--adversarial-tokens", "512", "--adversarial-eval-every", "256",
+                     "--max-passages", "10", "--max-questions", "5"]) == 0
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+    assert set(evaluated) == {"losses", "multiple_choice", "adversarial"}
+    assert evaluated["adversarial"]["curve"][0][0] == 0
+    assert cli_main(["evaluate", str(run_dir), "--adversarial-tokens", "512"]) == 2  # no --reference

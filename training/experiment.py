@@ -200,7 +200,11 @@ def resolve_thresholds(config: ExperimentConfig, inputs: Inputs) -> dict[str, li
             out.append({"threshold": threshold_for_fraction(scores, weights, f), "source": f"flags {f:.2%} of tokens"})
         for entry in out:
             entry["flagged_fraction"] = float(weights[scores >= entry["threshold"]].sum() / weights.sum())
-        return out
+        usable = [e for e in out if e["flagged_fraction"] < 1.0]
+        for e in out:
+            if e not in usable:
+                log(f"threshold {e['threshold']:.4f} ({e['source']}) flags every training token: no run for it")
+        return usable
 
     return {
         "token": resolve(config.token_thresholds, config.token_flag_fractions, token_probs,
@@ -555,10 +559,11 @@ def config_path(name_or_path: str) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", default="small", help="config JSON or a name in benchmarks/experiments/ (smoke, small)")
-    parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR)
-    parser.add_argument("--models", type=Path, default=paths.MODELS_DIR, help="dir with token_classifier/ and doc_classifier/")
-    parser.add_argument("--tokenizer", type=Path, default=paths.TARGET_TOKENIZER)
-    parser.add_argument("--work", type=Path, default=None, help="shards and runs (default artifacts/experiments/<name>)")
+    parser.add_argument("--work", type=Path, default=None, help="inputs, shards and runs (default artifacts/experiments/<name>)")
+    parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default WORK/corpus, built at the config's corpus_size)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="dir with token_classifier/ and doc_classifier/ (default WORK/models, trained if missing)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="target tokenizer.json (default WORK/tokenizer.json, trained if missing)")
     parser.add_argument("--out", type=Path, default=None, help="report dir (default benchmarks/results/experiment_<name>)")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
 
@@ -567,7 +572,8 @@ def main(args: argparse.Namespace) -> int:
     config = ExperimentConfig.load(config_path(args.config))
     work = args.work or paths.ARTIFACTS / "experiments" / config.name
     out = args.out or RESULTS_DIR / f"experiment_{config.name}"
-    results = run_experiment(config, args.corpus, args.models, args.tokenizer, work, out, args.threads)
+    results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
+                             args.tokenizer or work / "tokenizer.json", work, out, args.threads)
     for claim in results["analysis"]["claims"]:
         print(f"{'REPRODUCED' if claim['reproduced'] else 'not reproduced'}: {claim['claim']}")
     print(f"report: {out / 'report.md'}")
