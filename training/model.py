@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -164,12 +165,12 @@ class GPT(nn.Module):
         return asdict(self.config)
 
 
-def save_model(model: GPT, path, extra: dict | None = None) -> None:
+def save_model(model: GPT, path: Path | str, extra: dict | None = None) -> None:
     """Save weights and config (plus any run metadata) in one torch file."""
     torch.save({"config": model.config_dict(), "state_dict": model.state_dict(), "meta": extra or {}}, path)
 
 
-def load_model(path, device: str = "cpu") -> tuple[GPT, dict]:
+def load_model(path: Path | str, device: str = "cpu") -> tuple[GPT, dict]:
     """Load a model saved by ``save_model``; returns (model in eval mode, metadata)."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
