@@ -1,6 +1,7 @@
 """The pretraining loop on real shards (written by the shard writer): budget rule, masking, seeding, CLI."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -84,3 +85,11 @@ def test_cli_rejects_bad_threshold(tmp_path, capsys):
     rc = cli_main(["pretrain", "--out", str(tmp_path / "r"), "--shards", str(tmp_path), "--threshold", "1.5"])
     assert rc == 2
     assert "threshold" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_the_budget_rule(tmp_path):
+    summary = run(tmp_path, "mask", token_budget=1000, device="cuda")
+    assert summary["unmasked_tokens"] >= 1000 and summary["total_tokens"] > summary["unmasked_tokens"]
+    assert math.isfinite(summary["final_train_loss"])
