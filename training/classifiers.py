@@ -55,6 +55,7 @@ class TrainConfig:
     label_noise: float = 0.0
     warmup_fraction: float = 0.06
     positive_fraction: float = 0.5
+    calibration_docs: int = 800  # validation documents scored for calibration (seeded sample)
 
 
 def encoder_path() -> Path:
@@ -69,22 +70,14 @@ def encoder_path() -> Path:
 
 
 def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
-    """All documents of ``{corpus_dir}/{split}.jsonl``; a missing or empty file is a user error."""
+    """All documents of ``{corpus_dir}/{split}.jsonl``; a missing, empty or malformed file is a user error."""
+    from tokfilter.training.corpus import read_corpus
+
     path = Path(corpus_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise TokfilterError(f"corpus file not found: {path} (run `tokfilter build-corpus` first, or pass --corpus)")
-    docs = []
-    with path.open() as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TokfilterError(f"{path}:{line_no}: not valid JSON ({err})") from err
-            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not isinstance(doc.get("meta"), dict):
-                raise TokfilterError(f"{path}:{line_no}: a corpus document needs a string 'text' and an object 'meta'")
-            docs.append(doc)
+    docs = list(read_corpus(path))
+    for line_no, doc in enumerate(docs, 1):
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not isinstance(doc.get("meta"), dict):
+            raise TokfilterError(f"{path}: document {line_no}: a corpus document needs a string 'text' and an object 'meta'")
     if not docs:
         raise TokfilterError(f"corpus file {path} is empty: need at least 1 document")
     return docs
@@ -197,7 +190,9 @@ def flip_labels(labels: np.ndarray, p: float, rng: np.random.Generator) -> np.nd
 def build_model(task: str, layers: int, seed: int = 0):
     """MiniLM-L6 truncated to its first ``layers`` layers with a 2-class head; forward -> logits."""
     from transformers import AutoModel, AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # the load report lists the dropped layers: expected, not news
     torch.manual_seed(seed)
     path = str(encoder_path())
     if task == "token":
@@ -357,6 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=d.max_length, help="window length incl. [CLS]/[SEP]")
     parser.add_argument("--stride", type=int, default=d.stride, help="overlap of consecutive windows, in tokens")
     parser.add_argument("--label-noise", type=float, default=d.label_noise, help="flip each token label with this probability")
+    parser.add_argument("--calibration-docs", type=int, default=d.calibration_docs,
+                        help="validation documents (a seeded sample) scored to calibrate the thresholds")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
@@ -377,6 +374,8 @@ def validate_config(config: TrainConfig) -> None:
         raise TokfilterError(f"--stride must be in [0, max_length - 2) = [0, {config.max_length - 2}), got {config.stride}")
     if not 0 <= config.label_noise < 0.5:
         raise TokfilterError(f"--label-noise must be in [0, 0.5), got {config.label_noise}")
+    if config.calibration_docs < 1:
+        raise TokfilterError(f"--calibration-docs must be >= 1, got {config.calibration_docs}")
     if not config.lr > 0:
         raise TokfilterError(f"--lr must be > 0, got {config.lr}")
 
@@ -389,6 +388,9 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
     validate_config(config)
     train_docs = load_split(corpus_dir, "train")
     val_docs = load_split(corpus_dir, "validation")
+    if len(val_docs) > config.calibration_docs:
+        keep = np.random.default_rng(config.seed).choice(len(val_docs), config.calibration_docs, replace=False)
+        val_docs = [val_docs[i] for i in np.sort(keep)]
     if threads:
         torch.set_num_threads(threads)
     tokenizer_path = encoder_path() / "tokenizer.json"
@@ -415,6 +417,7 @@ def main(args: argparse.Namespace) -> int:
     config = TrainConfig(
         task=args.task, layers=args.layers, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, stride=args.stride, seed=args.seed, label_noise=args.label_noise,
+        calibration_docs=args.calibration_docs,
     )
     out = args.out or (paths.TOKEN_MODEL_DIR if args.task == "token" else paths.DOC_MODEL_DIR)
     card = train_classifier(config, args.corpus, out, threads=args.threads)
