@@ -76,6 +76,45 @@ def test_training_is_seeded(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_after_interruption_gives_the_uninterrupted_weights(tmp_path):
+    shards = write_pattern_shards(tmp_path / "shards")
+
+    def config(out):
+        return PretrainConfig(out_dir=out, size="tiny", run_type="mask", seq_len=16, batch_size=4, token_budget=3000,
+                              lr=1e-2, log_every=5, checkpoint_every=3, resume=True)
+
+    whole = train(config(tmp_path / "whole"), VOCAB, shard_batches(shards, config(tmp_path / "whole")))
+    assert whole["steps"] > 2 * 20  # more than two epochs of 20 batches
+
+    def interrupted_batches(cfg, after):
+        make, served = shard_batches(shards, cfg), [0]
+
+        def batches(epoch):
+            for batch in make(epoch):
+                served[0] += 1
+                if served[0] > after:
+                    raise KeyboardInterrupt
+                yield batch
+        return batches
+
+    cfg = config(tmp_path / "split")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, VOCAB, interrupted_batches(cfg, after=25))  # killed in the second epoch
+    assert (tmp_path / "split" / "checkpoint.pt").is_file()
+    resumed = train(cfg, VOCAB, shard_batches(shards, cfg))
+    assert (resumed["steps"], resumed["unmasked_tokens"], resumed["total_tokens"]) == (
+        whole["steps"], whole["unmasked_tokens"], whole["total_tokens"])
+    wa = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "split" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    other = PretrainConfig(out_dir=tmp_path / "split", size="tiny", run_type="mask", seq_len=16, batch_size=4,
+                           token_budget=3000, lr=2e-2, checkpoint_every=3, resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(other, VOCAB, interrupted_batches(other, after=4))
+    with pytest.raises(TokfilterError, match="lr"):
+        train(cfg, VOCAB, shard_batches(shards, cfg))
+
+
 def test_all_masked_shards_fail_clearly(tmp_path):
     with pytest.raises(TokfilterError, match="threshold"):
         run(tmp_path, "mask", threshold=0.0, token_budget=100)

@@ -245,7 +245,7 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path) -> list[d
         pretrain = PretrainConfig(
             out_dir=run_dir, size=run["size"], run_type=run["run_type"], threshold=run["threshold"],
             seq_len=config.seq_len, batch_size=config.batch_size, token_budget=config.token_budget, lr=config.lr,
-            seed=config.seed, log_every=50,
+            seed=config.seed, log_every=50, resume=True,
         )
         summary_path = run_dir / "summary.json"
         expected = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(pretrain).items()}))

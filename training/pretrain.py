@@ -45,7 +45,7 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps
     log_every: int = 20  # steps
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)  # free-form metadata copied into the summary
+    resume: bool = False  # continue from out_dir/checkpoint.pt if there is one
 
     def validate(self) -> None:
         if self.run_type not in RUN_TYPES:
@@ -83,17 +83,26 @@ def count_unmasked(targets: torch.Tensor, loss_weights: torch.Tensor) -> int:
     return int(((loss_weights > 0) & (targets >= 0)).sum())
 
 
-def repeat_epochs(make_batches: Callable[[int], Iterable[Batch]]) -> Iterator[tuple[int, Batch]]:
-    """Yield (epoch, batch) forever over fresh passes of the data; fail if a pass is empty."""
-    epoch = 0
+def repeat_epochs(make_batches: Callable[[int], Iterable[Batch]], start_epoch: int = 0, skip: int = 0
+                  ) -> Iterator[tuple[int, int, Batch]]:
+    """Yield (epoch, index in epoch, batch) forever over fresh passes of the data, starting after
+    ``skip`` batches of ``start_epoch`` (to resume); fail if a pass is empty."""
+    epoch = start_epoch
     while True:
         empty = True
-        for batch in make_batches(epoch):
+        for index, batch in enumerate(make_batches(epoch)):
             empty = False
-            yield epoch, batch
+            if epoch == start_epoch and index < skip:
+                continue
+            yield epoch, index, batch
         if empty:
             raise TokfilterError("shards: a full pass produced no batches (seq_len larger than the data?)")
         epoch += 1
+
+
+# Settings a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("size", "run_type", "threshold", "seq_len", "batch_size", "token_budget", "lr", "min_lr_ratio",
+               "warmup_fraction", "weight_decay", "grad_clip", "seed")
 
 
 def format_eta(seconds: float) -> str:
@@ -114,13 +123,26 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
     out.mkdir(parents=True, exist_ok=True)
     model = GPT(config_for_size(config.size, vocab_size, config.seq_len)).to(config.device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    unmasked = total = step = 0
-    epoch_seen, unmasked_at_epoch_start = 0, 0
-    losses: list[float] = []
+    state = {"step": 0, "unmasked_tokens": 0, "total_tokens": 0, "epoch": 0, "next_batch": 0,
+             "unmasked_at_epoch_start": 0, "losses": []}
+    checkpoint_path = out / "checkpoint.pt"
+    if config.resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=config.device, weights_only=True)
+        for key in RESUME_KEYS:
+            if checkpoint["config"][key] != getattr(config, key):
+                raise TokfilterError(f"--resume: {key} is {getattr(config, key)!r} but the checkpoint in {out} has "
+                                     f"{checkpoint['config'][key]!r}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["state"]
+        print(f"[{config.run_type} {config.size}] resuming at step {state['step']}", file=sys.stderr, flush=True)
+    step, unmasked, total = state["step"], state["unmasked_tokens"], state["total_tokens"]
+    epoch_seen, unmasked_at_epoch_start, losses = state["epoch"], state["unmasked_at_epoch_start"], state["losses"]
+    resumed_unmasked, resumed_total = unmasked, total
     start = time.perf_counter()
     log_path = out / "train_log.jsonl"
-    with open(log_path, "w") as log:
-        for epoch, (input_ids, targets, weights) in repeat_epochs(make_batches):
+    with open(log_path, "a" if step else "w") as log:
+        for epoch, index, (input_ids, targets, weights) in repeat_epochs(make_batches, epoch_seen, state["next_batch"]):
             if unmasked >= config.token_budget:
                 break
             if epoch != epoch_seen:
@@ -145,11 +167,11 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
             losses.append(float(loss.detach()))
             if step % config.log_every == 0 or unmasked >= config.token_budget:
                 elapsed = time.perf_counter() - start
-                rate = unmasked / elapsed
+                rate = (unmasked - resumed_unmasked) / elapsed
                 record = {
                     "step": step, "epoch": epoch, "lr": lr, "loss": sum(losses[-config.log_every:]) / len(losses[-config.log_every:]),
                     "unmasked_tokens": unmasked, "total_tokens": total, "unmasked_tokens_per_s": rate,
-                    "total_tokens_per_s": total / elapsed, "elapsed_s": elapsed,
+                    "total_tokens_per_s": (total - resumed_total) / elapsed, "elapsed_s": elapsed,
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -161,8 +183,13 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
                     file=sys.stderr, flush=True,
                 )
             if step % config.checkpoint_every == 0:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "unmasked_tokens": unmasked, "total_tokens": total}, out / "checkpoint.pt")
+                state = {"step": step, "unmasked_tokens": unmasked, "total_tokens": total, "epoch": epoch,
+                         "next_batch": index + 1, "unmasked_at_epoch_start": unmasked_at_epoch_start,
+                         "losses": losses[-config.log_every:]}
+                tmp = checkpoint_path.with_name("checkpoint.pt.tmp")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                            "config": {k: getattr(config, k) for k in RESUME_KEYS}}, tmp)
+                tmp.replace(checkpoint_path)
     elapsed = time.perf_counter() - start
     n_params = model.num_params()
     summary = {
@@ -179,7 +206,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
     }
     save_model(model, out / "model.pt", extra=summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "checkpoint.pt").unlink(missing_ok=True)  # the final model supersedes it
+    checkpoint_path.unlink(missing_ok=True)  # the final model supersedes it
     return summary
 
 
@@ -219,6 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt after a crash or kill")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -226,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
     config = PretrainConfig(
         out_dir=args.out, size=args.size, run_type=args.run_type, threshold=args.threshold, seq_len=args.seq_len,
         batch_size=args.batch_size, token_budget=args.token_budget, lr=args.lr, warmup_fraction=args.warmup_fraction,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device, resume=args.resume,
     )
     config.validate()
     if not Path(args.shards).is_dir():
