@@ -427,7 +427,8 @@ def plot_all(runs: list[dict], analysis: dict, config: ExperimentConfig, out_dir
         for run_type, (color, marker) in styles.items():
             pts = [(r["train"]["compute_flops"], r["losses"][domain]) for r in runs if r["run_type"] == run_type]
             if pts:
-                ax.scatter(*zip(*pts), color=color, marker=marker, label=run_type)
+                ax.scatter(*zip(*pts), color=color, marker=marker, label=run_type, s=90 if run_type == "nomask" else 40,
+                           zorder=3 if run_type == "nomask" else 2)
         fit = analysis["fits"][domain]
         if fit is not None:
             cs = np.array([r["train"]["compute_flops"] for r in runs])
@@ -448,7 +449,7 @@ def plot_all(runs: list[dict], analysis: dict, config: ExperimentConfig, out_dir
     ax.axhline(0.25, color="k", linestyle=":", label="chance (25%)")
     ax.set_xticks(np.arange(len(shown)) + width, [r["name"].split("-t")[0] for r in shown], rotation=30, ha="right")
     ax.set(ylabel="accuracy", title="Definition-matching multiple choice (held-out items)")
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_dir / "multiple_choice.png", dpi=110)
     names.append("multiple_choice.png")
