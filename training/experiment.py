@@ -563,7 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=None, help="inputs, shards and runs (default artifacts/experiments/<name>)")
     parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default WORK/corpus, built at the config's corpus_size)")
     parser.add_argument("--models", type=Path, default=None,
-                        help="dir with token_classifier/ and doc_classifier/ (default WORK/models, trained if missing)")
+                        help="dir with token_classifier/ and doc_classifier/ (default WORK/models, trained if missing; "
+                             "with label_noise > 0 the config's noisy classifiers are trained in WORK instead)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="target tokenizer.json (default WORK/tokenizer.json, trained if missing)")
     parser.add_argument("--out", type=Path, default=None, help="report dir (default benchmarks/results/experiment_<name>)")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
