@@ -18,14 +18,14 @@ from pathlib import Path
 
 from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
-from tokfilter.training.classifiers import binary_metrics, load_split, score_split
+from tokfilter.training.classifiers import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def run(model_dir: Path, corpus_dir: Path, split: str, max_docs: int, repeats: int, threads: int) -> dict:
-    docs = load_split(corpus_dir, split)[:max_docs]
+    docs = sample_docs(load_split(corpus_dir, split), max_docs)
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
     scorers = {p: OnnxWindowScorer(model_dir, precision=p, threads=threads) for p in MODEL_FILES}
     card = scorers["fp32"].card

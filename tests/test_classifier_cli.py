@@ -47,3 +47,9 @@ def test_eval_without_models(tiny_corpus_dir, tmp_path, capsys):
                    "--doc-model", str(tmp_path / "none")], capsys)
     assert rc == 2
     assert "model card not found" in err
+
+
+def test_eval_max_docs_must_be_positive(tiny_corpus_dir, capsys):
+    rc, err = run(["eval-classifier", "--corpus", str(tiny_corpus_dir), "--max-docs", "0"], capsys)
+    assert rc == 2
+    assert "--max-docs" in err

@@ -72,5 +72,6 @@ def test_eval_classifier_prints_metrics_and_writes_pr_curve(tiny_models_dir, tin
     p, r = result["token_precision"], result["token_recall"]
     assert result["token_f1"] == pytest.approx(2 * p * r / max(p + r, 1e-12), abs=1e-3)
     assert result["threshold"] == pytest.approx(load_model_card(tiny_models_dir / "token_classifier").threshold, abs=1e-4)
+    assert result["n_docs"] == len(load_split(tiny_corpus_dir, "test"))
     png = tmp_path / "pr_curve.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

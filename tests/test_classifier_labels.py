@@ -10,6 +10,7 @@ from tokfilter.training.classifiers import (
     encoder_path,
     flip_labels,
     make_windows,
+    sample_docs,
     encode_documents,
     special_ids,
     token_labels_from_spans,
@@ -109,3 +110,14 @@ def test_calibration_thresholds_on_hand_made_scores():
     best, recall95 = calibrate_thresholds(labels, scores)
     assert best == positives[2]
     assert recall95 == positives[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 60), st.one_of(st.none(), st.integers(1, 80)), st.integers(0, 100))
+def test_sample_docs_is_a_seeded_ordered_subset(n, max_docs, seed):
+    docs = [{"id": str(i)} for i in range(n)]
+    sample = sample_docs(docs, max_docs, seed)
+    assert len(sample) == (n if max_docs is None else min(n, max_docs))
+    positions = [int(d["id"]) for d in sample]
+    assert positions == sorted(set(positions))
+    assert sample == sample_docs(docs, max_docs, seed)

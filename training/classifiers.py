@@ -83,6 +83,14 @@ def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
     return docs
 
 
+def sample_docs(docs: list[dict], max_docs: int | None, seed: int = 0) -> list[dict]:
+    """At most ``max_docs`` documents, a seeded uniform sample in corpus order (keeps the natural mix)."""
+    if max_docs is None or len(docs) <= max_docs:
+        return docs
+    keep = np.sort(np.random.default_rng(seed).choice(len(docs), max_docs, replace=False))
+    return [docs[i] for i in keep]
+
+
 def file_digest(path: Path | str) -> str:
     """sha256 of a file, recorded in the model card to tie a model to its training data."""
     h = hashlib.sha256()
@@ -387,10 +395,7 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
 
     validate_config(config)
     train_docs = load_split(corpus_dir, "train")
-    val_docs = load_split(corpus_dir, "validation")
-    if len(val_docs) > config.calibration_docs:
-        keep = np.random.default_rng(config.seed).choice(len(val_docs), config.calibration_docs, replace=False)
-        val_docs = [val_docs[i] for i in np.sort(keep)]
+    val_docs = sample_docs(load_split(corpus_dir, "validation"), config.calibration_docs, config.seed)
     if threads:
         torch.set_num_threads(threads)
     tokenizer_path = encoder_path() / "tokenizer.json"

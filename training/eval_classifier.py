@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from tokfilter import paths
+from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
-from tokfilter.training.classifiers import binary_metrics, load_split, score_split
+from tokfilter.training.classifiers import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
 PR_CURVE_FILE = "pr_curve.png"
@@ -41,11 +42,13 @@ def score_model(model_dir: Path, docs: list[dict], precision: str) -> tuple[np.n
 
 
 def evaluate(corpus_dir: Path, token_dir: Path, doc_dir: Path, split: str = "test", precision: str = "fp32",
-             out_dir: Path | None = None) -> dict:
+             out_dir: Path | None = None, max_docs: int | None = None) -> dict:
     """Metrics of both models on ``split``; writes the precision-recall curve PNG to ``out_dir``."""
     from sklearn.metrics import roc_auc_score
 
-    docs = load_split(corpus_dir, split)
+    if max_docs is not None and max_docs < 1:
+        raise TokfilterError(f"--max-docs must be >= 1, got {max_docs}")
+    docs = sample_docs(load_split(corpus_dir, split), max_docs)
     tok_labels, tok_scores, tok_card = score_model(Path(token_dir), docs, precision)
     doc_labels, doc_scores, doc_card = score_model(Path(doc_dir), docs, precision)
     natural = binary_metrics(tok_labels, tok_scores, tok_card.threshold)
@@ -120,11 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc-model", type=Path, default=paths.DOC_MODEL_DIR)
     parser.add_argument("--precision", choices=sorted(MODEL_FILES), default="fp32", help="which exported model to score")
     parser.add_argument("--out", type=Path, default=None, help="folder of the PR curve PNG (default: the token model dir)")
+    parser.add_argument("--max-docs", type=int, default=None, help="score a seeded sample of this many documents (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(args: argparse.Namespace) -> int:
-    result = evaluate(args.corpus, args.token_model, args.doc_model, args.split, args.precision, args.out)
+    result = evaluate(args.corpus, args.token_model, args.doc_model, args.split, args.precision, args.out, args.max_docs)
     if args.json:
         print(json.dumps(result))
     else:
