@@ -6,7 +6,8 @@ One run, same documents, same machine:
     around the model calls only: the ceiling for the filter.
   * end to end: ``run_local`` (read JSONL, tokenize, window, batch, both models, stitch, project
     onto the target tokenizer, write shards and manifest), model loading included.
-  * cascade: end to end with ``--doc-prefilter LOW``; token-model compute saved, and the flagged
+  * cascade: end to end with ``--doc-prefilter LOW`` (default: the document model card's
+    95%-recall threshold); token-model compute saved, and the flagged
     target tokens of the full run that the cascade loses (token recall lost).
 Each timing is the best of ``--repeats`` runs, raw and end to end interleaved (the machine is shared).
 Goal: end to end >= 0.8x raw. Writes benchmarks/results/filter.json and .md.
@@ -29,6 +30,7 @@ from tokfilter import paths
 from tokfilter.clients.corpus_filter import FilterSettings, run_local
 from tokfilter.clients.shards import open_shards
 from tokfilter.inference import OnnxWindowScorer
+from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import ScoredModel, ScoringPipeline, plan_batches
 from tokfilter.windows import pad_batch, plan_windows
 
@@ -69,7 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR / "test.jsonl")
     parser.add_argument("--max-docs", type=int, default=300, help="bounded subset of the corpus")
-    parser.add_argument("--doc-prefilter", type=float, default=0.1, metavar="LOW")
+    parser.add_argument("--doc-prefilter", type=float, metavar="LOW",
+                        help="cascade cut (default: the document model's 95%%-recall threshold)")
     parser.add_argument("--buffer-docs", type=int, default=FilterSettings.buffer_docs)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
@@ -79,6 +82,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    if args.doc_prefilter is None:
+        args.doc_prefilter = load_model_card(args.doc_model).threshold_recall95
     lines = args.corpus.read_text().splitlines()[: args.max_docs]
     texts = [json.loads(line)["text"] for line in lines]
     settings = FilterSettings(token_model=args.token_model, doc_model=args.doc_model, target_tokenizer=args.target_tokenizer,
@@ -131,11 +136,12 @@ def main() -> int:
     md = "\n".join([
         "# `tokfilter filter` throughput (in-process ONNX Runtime, fp32)", "",
         f"{len(texts)} documents of `{args.corpus}`, {n_tokens} classifier tokens, best of {args.repeats}; "
-        f"{result['machine']['cpu_count']} cores, shared.", "",
+        f"{result['machine']['cpu_count']} cores, shared. Models: `{args.token_model}` and `{args.doc_model}` "
+        f"({load_model_card(args.token_model).num_layers or '?'} layers, max_length {full['token_model']['max_length']}).", "",
         "| path | classifier tokens/s | ratio to raw |", "|---|---:|---:|",
         f"| raw models (token + document, model calls only) | {raw_tps:,.0f} | 1.00 |",
         f"| `tokfilter filter` end to end | {e2e_tps:,.0f} | {e2e_tps / raw_tps:.2f} (goal >= 0.80) |",
-        f"| end to end, `--doc-prefilter {args.doc_prefilter}` | {cascade_tps:,.0f} | {cascade_tps / raw_tps:.2f} |", "",
+        f"| end to end, `--doc-prefilter {args.doc_prefilter:.3f}` | {cascade_tps:,.0f} | {cascade_tps / raw_tps:.2f} |", "",
         f"Cascade: {k['prefiltered_docs']} of {len(texts)} documents skipped the token model, "
         f"saving {k['token_model_compute_saved']:.1%} of its compute; token recall lost: {k['token_recall_lost']:.2%} "
         f"({lost} of {flagged} flagged target tokens at threshold {threshold:.3f}).", "",
