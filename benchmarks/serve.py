@@ -84,7 +84,8 @@ def transformers_baseline(token_dir: Path, threads: int):
 
     torch.set_num_threads(threads)
     card = load_model_card(token_dir)
-    config = AutoConfig.from_pretrained(encoder_path(), num_labels=2, num_hidden_layers=card.num_layers or 3)
+    depth = {"num_hidden_layers": card.num_layers} if card.num_layers else {}  # 0: the card does not say
+    config = AutoConfig.from_pretrained(encoder_path(), num_labels=2, **depth)
     model = AutoModelForTokenClassification.from_pretrained(encoder_path(), config=config).eval()
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(token_dir / "tokenizer.json"), model_max_length=card.max_length,
                                         cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")

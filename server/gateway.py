@@ -10,6 +10,7 @@ characters per document) and the API key are checked before any scoring; every e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import json
 import os
@@ -122,28 +123,29 @@ class BodyLimitMiddleware:
 
 def create_app(make_client, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
     """The gateway app; ``make_client()`` returns a connected FilterClient (called at start-up)."""
-    app = FastAPI(title="tokfilter gateway", version="1", description="Token-level filtering of forget-domain text.")
     metrics = Metrics()
     state: dict = {}
 
-    @app.on_event("startup")
-    def connect() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
         state["client"] = make_client()
-
-    @app.on_event("shutdown")
-    def disconnect() -> None:
-        if "client" in state:
+        try:
+            yield
+        finally:
             state["client"].close()
+
+    app = FastAPI(title="tokfilter gateway", version="1", description="Token-level filtering of forget-domain text.", lifespan=lifespan)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        route = request.url.path
         metrics.in_flight.inc()
         start = time.perf_counter()
         try:
             response = await call_next(request)
         finally:
             metrics.in_flight.dec()
+        matched = request.scope.get("route")
+        route = matched.path if matched is not None else "unmatched"  # bounded label values
         metrics.latency.labels(route).observe(time.perf_counter() - start)
         metrics.requests.labels(route, str(response.status_code)).inc()
         return response

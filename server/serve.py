@@ -24,7 +24,7 @@ from pathlib import Path
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import ARTIFACTS, MODEL_REPO_DIR
 from tokfilter.server.model_repo import SERVED_MODELS, missing_model_files, served_config
-from tokfilter.server.triton import TritonProcess, check_port_free, start_triton, stop_process_group
+from tokfilter.server.triton import TritonProcess, check_port_free, die_with_parent, start_triton, stop_process_group
 
 
 @dataclass
@@ -68,7 +68,7 @@ def start_gateway(endpoints: ServerEndpoints, model_dir: Path, api_key: str | No
     cmd = [sys.executable, "-m", "tokfilter.server.gateway", "--triton", endpoints.grpc_url, "--host", endpoints.host,
            "--port", str(endpoints.gateway_port), "--model-dir", str(model_dir)]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

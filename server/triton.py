@@ -12,6 +12,7 @@ The server runs in its own process group and is stopped with it, so no stub outl
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import ARTIFACTS
 
+PR_SET_PDEATHSIG = 1
 PYTRITON_DIR = Path(sysconfig.get_paths()["purelib"]) / "pytriton" / "tritonserver"
 BACKENDS_DIR = ARTIFACTS / "triton_backends"
 
@@ -64,6 +66,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of server processes: the kernel sends them SIGTERM when their parent dies,
+    even by SIGKILL (OOM killer), so that no server outlives the process that started it. (Linux
+    ties this to the starting thread: start servers from a thread that lives as long as they do.)"""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -150,7 +159,8 @@ def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, env=triton_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=triton_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
     triton = TritonProcess(proc, host, http_port, grpc_port, metrics_port, log_path)
     try:
         triton.wait_live()

@@ -4,7 +4,6 @@ One server (Triton + gateway) is started for the whole module on free loopback p
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
