@@ -16,12 +16,13 @@ test: install sources
 
 install: $(STAMP)
 
-# torch is installed first and pinned: the local CPU wheel, never an unpinned CUDA build.
-$(STAMP): pyproject.toml
+# torch is installed first and pinned: the local CPU wheel, never an unpinned CUDA build. The rest is
+# installed under constraints.txt, the versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 # Debian data sources of the demo corpus: WordNet and fortunes are installed, Gene Ontology is only
