@@ -9,7 +9,7 @@ from tokfilter.cli import main as cli_main
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
 from tokfilter.training.classifiers import binary_metrics, build_model, encoder_path, load_split, score_split, torch_score_fn
-from tokfilter.training.export import PARITY_TOLERANCE, export_onnx, quantize_int8
+from tokfilter.training.export import PARITY_TOLERANCE, export_onnx, onnx_opset, quantize_int8
 from tokfilter.windows import load_tokenizer, pad_batch
 
 
@@ -45,6 +45,7 @@ def test_exported_models_have_contract_files_and_thresholds(tiny_models_dir, nam
     assert card.data_digest.startswith("sha256:") and card.num_layers == 1
     assert card.metrics["parity_max_abs_prob_diff_fp32"] <= PARITY_TOLERANCE
     assert "validation_int8_f1" in card.metrics
+    assert card.extra["opset"] == onnx_opset(model_dir / "model.onnx")
 
 
 @pytest.mark.parametrize("name", ["token_classifier", "doc_classifier"])

@@ -6,6 +6,8 @@ a parity check on held-out windows ties the two together (max abs probability di
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import sys
 import time
@@ -30,9 +32,26 @@ from tokfilter.training.classifiers import (
 )
 from tokfilter.windows import load_tokenizer, pad_batch
 
-OPSET = 17
+OPSET = 18  # the lowest opset the dynamo exporter implements; asking for less only warns and converts
 PARITY_TOLERANCE = 1e-3
 MODEL_NAMES = {"token": "token_classifier", "document": "doc_classifier"}
+
+
+@contextlib.contextmanager
+def quiet_exporters():
+    """Silence the exporters' and quantizer's advice (torchvision ops, pre-processing hints): they
+    are not about this model, and a user reading the training log should not have to wonder."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def export_onnx(model: torch.nn.Module, path: Path, task: str, log=sys.stderr) -> str:
@@ -46,8 +65,7 @@ def export_onnx(model: torch.nn.Module, path: Path, task: str, log=sys.stderr) -
     mask[1, 9:] = 0
     out_axes = {0: "batch", 1: "sequence"} if task == "token" else {0: "batch"}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_exporters():
             batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=512)
             torch.onnx.export(
                 model, (ids, mask), str(path), dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
@@ -65,11 +83,20 @@ def export_onnx(model: torch.nn.Module, path: Path, task: str, log=sys.stderr) -
     return "torchscript"
 
 
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset an exported file actually declares (what runtimes must support)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantization of the weights (activations stay float): ORT's CPU fast path."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    with quiet_exporters():
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
 
 
 def parity_max_diff(model: torch.nn.Module, scorer: OnnxWindowScorer, windows: list[np.ndarray], pad_id: int) -> float:
@@ -99,7 +126,7 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
         extra={
             "train_config": vars(config).copy(),
             "exporter": exporter,
-            "opset": OPSET,
+            "opset": onnx_opset(out_dir / MODEL_FILES["fp32"]),
             "token_labels": "a token is positive when any of its characters lies in a label span",
             "document_score": "max over windows of p(forget); a document is positive when it contains a medicine passage",
         },
