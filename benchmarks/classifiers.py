@@ -1,0 +1,140 @@
+"""The default classifiers, timed and scored: what issue 2's "done when" asks, measured in one run.
+
+Trains the token and the document classifier with the default configuration, each through the
+`tokfilter train-classifier` command a user would type (training, calibration on validation, ONNX
+fp32 + int8 export), timing the whole command; then scores the held-out test split with
+`tokfilter eval-classifier` in fp32 and in int8. Goals: both trainings together <= 20 minutes on
+2 cores, token F1 >= 0.85, document F1 >= 0.90, int8 F1 within 0.01 of fp32.
+
+    python benchmarks/classifiers.py [--models-dir artifacts/models] [--corpus artifacts/corpus]
+
+Models already in ``--models-dir`` are kept and not timed again unless ``--retrain`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tokfilter import paths
+from tokfilter.modelcard import load_model_card
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GOALS = {"train_minutes_max": 20.0, "token_f1_min": 0.85, "doc_f1_min": 0.90, "int8_f1_gap_max": 0.01}
+MODEL_NAMES = {"token": "token_classifier", "document": "doc_classifier"}
+
+
+def tokfilter_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "tokfilter.cli", *argv]
+
+
+def train_timed(task: str, corpus: Path, model_dir: Path) -> float:
+    """Run `tokfilter train-classifier` with its defaults; wall seconds of the whole command."""
+    started = time.perf_counter()
+    subprocess.run(tokfilter_command("train-classifier", "--task", task, "--corpus", str(corpus), "--out", str(model_dir)),
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def evaluate(corpus: Path, models_dir: Path, precision: str, out_dir: Path) -> dict:
+    reply = subprocess.run(
+        tokfilter_command("eval-classifier", "--json", "--corpus", str(corpus), "--precision", precision, "--out", str(out_dir),
+                          "--token-model", str(models_dir / MODEL_NAMES["token"]), "--doc-model", str(models_dir / MODEL_NAMES["document"])),
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(reply.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict:
+    timings = {}
+    for task, name in MODEL_NAMES.items():
+        model_dir = args.models_dir / name
+        if args.retrain and model_dir.exists():
+            shutil.rmtree(model_dir)
+        if (model_dir / "model.int8.onnx").is_file():
+            print(f"{name}: kept the model in {model_dir} (not timed; --retrain to retrain)", flush=True)
+            continue
+        print(f"training {name} with the default configuration ...", flush=True)
+        timings[task] = round(train_timed(task, args.corpus, model_dir), 1)
+        print(f"  {timings[task] / 60:.1f} min", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:  # eval-classifier writes pr_curve.png; the fp32 one is kept
+        metrics = {p: evaluate(args.corpus, args.models_dir, p, Path(scratch) / p) for p in ("fp32", "int8")}
+        args.out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(scratch) / "fp32" / "pr_curve.png", args.out / "classifiers_pr_curve.png")
+    cards = {task: load_model_card(args.models_dir / name) for task, name in MODEL_NAMES.items()}
+    fp32, int8 = metrics["fp32"], metrics["int8"]
+    total_minutes = sum(timings.values()) / 60 if len(timings) == len(MODEL_NAMES) else None
+    goals = {
+        "train_minutes<=20": None if total_minutes is None else total_minutes <= GOALS["train_minutes_max"],
+        "token_f1>=0.85": fp32["token_f1"] >= GOALS["token_f1_min"],
+        "doc_f1>=0.90": fp32["doc_f1"] >= GOALS["doc_f1_min"],
+        "int8_token_f1_within_0.01": abs(int8["token_f1"] - fp32["token_f1"]) <= GOALS["int8_f1_gap_max"],
+        "int8_doc_f1_within_0.01": abs(int8["doc_f1"] - fp32["doc_f1"]) <= GOALS["int8_f1_gap_max"],
+    }
+    return {
+        "benchmark": "classifiers", "corpus": str(args.corpus), "models_dir": str(args.models_dir),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_avg_end": list(os.getloadavg()),
+        "train_seconds": timings, "train_minutes_total": None if total_minutes is None else round(total_minutes, 2),
+        "train_config": {task: card.extra.get("train_config") for task, card in cards.items()},
+        "validation": {task: card.metrics for task, card in cards.items()},
+        "test_fp32": fp32, "test_int8": int8, "goals": goals,
+    }
+
+
+def markdown(result: dict) -> str:
+    fp32, int8, t = result["test_fp32"], result["test_int8"], result["train_seconds"]
+    cfg = result["train_config"]
+    timing = (f"{result['train_minutes_total']:.1f} min in all (token {t['token'] / 60:.1f}, document {t['document'] / 60:.1f})"
+              if result["train_minutes_total"] is not None else "not timed in this run (models were kept)")
+    rows = [
+        ("token precision", "token_precision"), ("token recall", "token_recall"), ("token F1", "token_f1"),
+        ("token AUROC", "token_auroc"), ("token F1, class-balanced", "token_f1_balanced"),
+        ("flagged token fraction", "flagged_fraction"), ("document precision", "doc_precision"),
+        ("document recall", "doc_recall"), ("document F1", "doc_f1"),
+        ("document recall at the 95%-recall threshold", "doc_recall_at_threshold_recall95"),
+        ("document precision at the 95%-recall threshold", "doc_precision_at_threshold_recall95"),
+    ]
+    lines = [
+        "# Default classifiers: training time and test-split metrics (benchmarks/classifiers.py)", "",
+        f"Corpus `{result['corpus']}`; {result['machine']}. Training (each `tokfilter train-classifier` command: "
+        f"fine-tuning, calibration on validation, ONNX fp32 + int8 export): **{timing}**. Token model: "
+        f"{cfg['token']['layers']} layers, {cfg['token']['max_steps']} steps of {cfg['token']['batch_size']} windows; "
+        f"document model: {cfg['document']['layers']} layers, {cfg['document']['max_steps']} steps.", "",
+        f"Test split, {fp32['n_docs']} documents, {fp32['n_tokens']:,} tokens ({fp32['positive_token_fraction']:.1%} "
+        f"positive), at the saved thresholds (token {fp32['threshold']:.3f}, document {fp32['doc_threshold']:.3f}; "
+        "best F1 on validation):", "",
+        "| metric | fp32 | int8 |", "|---|---:|---:|",
+    ]
+    lines += [f"| {label} | {fp32[key]:.4f} | {int8[key]:.4f} |" for label, key in rows]
+    lines += ["", "| goal | met |", "|---|:-:|"]
+    lines += [f"| {goal} | {'n/a' if met is None else 'yes' if met else 'no'} |" for goal, met in result["goals"].items()]
+    lines += ["", "![precision-recall](classifiers_pr_curve.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=paths.MODELS_DIR)
+    parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR)
+    parser.add_argument("--retrain", action="store_true", help="delete and retrain models already in --models-dir")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    if not (args.corpus / "test.jsonl").is_file():
+        raise SystemExit(f"corpus not found: {args.corpus / 'test.jsonl'} (run `tokfilter build-corpus` or pass --corpus)")
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "classifiers.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "classifiers.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
