@@ -118,3 +118,36 @@ def test_whole_document_matches_a_single_onnx_call_when_it_fits(tiny_models_dir)
     ids = np.asarray([enc.ids], dtype=np.int64)
     direct = OnnxWindowScorer(model_dir)(ids, np.ones_like(ids))[0, 1:-1]
     np.testing.assert_allclose(result.token_probs, direct, atol=1e-5)
+
+
+def test_one_scorer_called_from_many_threads_runs_one_batch_at_a_time(tiny_models_dir):
+    """Concurrent callers get the serial results, and the session never runs two batches at once
+    (concurrent runs multiply activation memory without adding speed)."""
+    import threading
+    import time
+
+    scorer = OnnxWindowScorer(tiny_models_dir / "token_classifier")
+    session, active, most = scorer.session, [0], [0]
+    lock = threading.Lock()
+
+    class CountingSession:  # the real session, with a count of runs in progress
+        def run(self, *args, **kwargs):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                time.sleep(0.01)  # widen the window in which an overlap would show
+                return session.run(*args, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(1000, 2000, (3, 20)), np.ones((3, 20), dtype=np.int64)) for _ in range(12)]
+    serial = [scorer(ids, mask) for ids, mask in batches]
+    scorer.session = CountingSession()
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda b: scorer(*b), batches))
+    assert most[0] == 1
+    for a, b in zip(serial, concurrent):
+        np.testing.assert_array_equal(a, b)

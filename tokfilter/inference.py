@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,10 @@ class OnnxWindowScorer:
 
     Token model: ``(input_ids, attention_mask) [B, S] -> p(forget) [B, S]``.
     Document model: ``-> p(forget) [B]``.
+
+    Calls from several threads run one at a time: one run already uses every intra-op thread, and
+    concurrent runs of a session only multiply its activation memory (16 threads scoring 256-token
+    batches at once grew one process past 16 GB and into the OOM killer).
     """
 
     def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int | None = None, device: str = "cpu"):
@@ -52,7 +57,10 @@ class OnnxWindowScorer:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
+        self._one_run_at_a_time = threading.Lock()
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run(None, {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)})
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        with self._one_run_at_a_time:
+            (logits,) = self.session.run(None, feeds)
         return forget_probability(logits)
