@@ -1,12 +1,16 @@
 """Python-backend models of the Triton repository (imported by ``model_repo/*/1/model.py``).
 
-``token_classifier`` / ``doc_classifier``: window batches in, p(forget) out. Requests of different
-sequence lengths arrive together (ragged batching); they are right-padded to the longest, scored in
-one ONNX Runtime call and cut back per request. ``filter_text``: raw texts in, JSON spans out,
-through the shared scoring pipeline.
+``token_classifier`` / ``doc_classifier``: window batches in, p(forget) out. The dynamic batcher
+hands over several requests at once, of different widths (ragged batching). Their windows are
+pooled, cut at their last attended token, regrouped by length into sub-batches of at most
+``max_batch_tokens`` padded tokens (``tokfilter.scoring.score_window_requests``), scored, and put
+back per request. Without the regrouping, 32 requests in flight were merged into one 256-window call
+whose attention scores alone take ~0.8 GB per layer: slower per token on a CPU than small batches.
+``filter_text``: raw texts in, JSON spans out, through the shared scoring pipeline.
 
-Config parameters: ``precision`` (fp32|int8) and ``ort_threads`` (0 = all cores); the environment
-variables ``TOKFILTER_ORT_THREADS`` and ``TOKFILTER_DEVICE`` (cpu|cuda) override them.
+Config parameters: ``precision`` (fp32|int8), ``ort_threads`` (0 = all cores) and
+``max_batch_tokens`` (padded tokens per ONNX Runtime call; raise it on a GPU); the environment
+variables ``TOKFILTER_ORT_THREADS`` and ``TOKFILTER_DEVICE`` (cpu|cuda) override the first two.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tokfilter.inference import OnnxWindowScorer
-from tokfilter.scoring import ScoringPipeline
+from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoringPipeline, score_window_requests
 
 
 def scorer_factory(parameters: dict):
@@ -51,23 +55,16 @@ class TritonPythonModel:
         else:
             self.scorer = make_scorer(repo / self.name / version)
             self.output = config["output"][0]["name"]
+            self.per_token = [int(d) for d in config["output"][0]["dims"]] == [-1]  # [-1]: per position; [1]: per window
+            self.max_batch_tokens = int(parameters.get("max_batch_tokens") or DEFAULT_MAX_BATCH_TOKENS)
 
     def execute(self, requests: list) -> list:
         if self.name == "filter_text":
             return self._filter_text(requests)
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
-        width = max(a.shape[1] for a in ids)
-        padded_ids = np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in ids])
-        padded_masks = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in masks])
-        probs = self.scorer(padded_ids, padded_masks)
-        responses, row = [], 0
-        for a in ids:
-            part = probs[row : row + a.shape[0]]
-            row += a.shape[0]
-            out = part[:, : a.shape[1]] if part.ndim == 2 else part[:, None]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, np.array(out, dtype=np.float32, copy=True))]))
-        return responses
+        outputs = score_window_requests(self.scorer, ids, masks, self.per_token, self.max_batch_tokens)
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, out)]) for out in outputs]
 
     def _filter_text(self, requests: list) -> list:
         texts, counts = [], []
@@ -81,3 +78,4 @@ class TritonPythonModel:
             out = np.array([[json.dumps(next(results).summary()).encode()] for _ in range(n)], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("result", out)]))
         return responses
+

@@ -14,6 +14,7 @@ from tokfilter.scoring import (
     hide_spans,
     plan_batches,
     safe_text,
+    score_window_requests,
 )
 from tokfilter.windows import Span, load_tokenizer
 
@@ -151,3 +152,54 @@ def test_one_scorer_called_from_many_threads_runs_one_batch_at_a_time(tiny_model
     assert most[0] == 1
     for a, b in zip(serial, concurrent):
         np.testing.assert_array_equal(a, b)
+
+
+def row_local_scorer(per_token: bool):
+    """A scorer whose answer for a window depends only on that window's attended tokens (as a real
+    model's does, up to float rounding), recording the padded size of every call."""
+    calls = []
+
+    def score(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        calls.append(ids.shape)
+        codes = (ids * 7 + np.cumsum(mask, axis=1)) % 97 * mask  # integers: exact whatever the padding
+        return (codes / 97.0 if per_token else codes.sum(axis=1) % 89 / 89.0).astype(np.float32)
+
+    return score, calls
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 5), st.integers(1, 40)), min_size=1, max_size=6),
+    st.booleans(),
+    st.integers(8, 200),
+    st.randoms(use_true_random=False),
+)
+def test_regrouped_requests_score_as_each_window_alone(requests, per_token, budget, rnd):
+    """Pooling the windows of several requests into length-sorted sub-batches changes no score,
+    keeps every call within the token budget (unless one window alone is longer), and gives each
+    request an output of its own shape, 0 past a window's last attended token."""
+    ids, masks = [], []
+    for n, width in requests:
+        a = np.array([[rnd.randrange(1, 1000) for _ in range(width)] for _ in range(n)], dtype=np.int64)
+        m = np.zeros_like(a)
+        for row in m:
+            row[: rnd.randint(1, width)] = 1
+            if width > 2 and rnd.random() < 0.2:
+                row[rnd.randrange(width)] = 0  # a hole: kept, not treated as the end
+        ids.append(a)
+        masks.append(m)
+    score, calls = row_local_scorer(per_token)
+    outputs = score_window_requests(score, ids, masks, per_token, budget)
+    alone, _ = row_local_scorer(per_token)
+    for a, m, out in zip(ids, masks, outputs):
+        assert out.shape == (a.shape if per_token else (a.shape[0], 1)) and out.dtype == np.float32
+        for i in range(a.shape[0]):
+            end = int(np.flatnonzero(m[i]).max(initial=0)) + 1
+            expected = alone(a[i : i + 1, :end], m[i : i + 1, :end])[0]
+            if per_token:
+                np.testing.assert_array_equal(out[i, :end], expected)
+                assert not out[i, end:].any()
+            else:
+                assert out[i, 0] == expected
+    for rows, width in calls:
+        assert rows * width <= budget or rows == 1

@@ -115,6 +115,30 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     return batches
 
 
+def score_window_requests(scorer: WindowScorer, ids: list[np.ndarray], masks: list[np.ndarray], per_token: bool, max_batch_tokens: int) -> list[np.ndarray]:
+    """Score the windows of several requests (``ids[r]``, ``masks[r]``: [n_r, width_r]) in
+    length-sorted sub-batches of at most ``max_batch_tokens`` padded tokens.
+
+    Returns per request float32 [n_r, width_r] for a token model (0 past a window's last attended
+    token) or [n_r, 1] for a document model. A window is cut after its last attended position, so
+    a mask with holes keeps them.
+    """
+    rows = [(r, i) for r, a in enumerate(ids) for i in range(a.shape[0])]
+    lengths = [int(np.flatnonzero(masks[r][i]).max(initial=0)) + 1 for r, i in rows]
+    outputs = [np.zeros(a.shape if per_token else (a.shape[0], 1), dtype=np.float32) for a in ids]
+    for batch in plan_batches(lengths, max_batch_tokens, max(len(rows), 1)):
+        batch_ids, _ = pad_batch([ids[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])
+        batch_masks, _ = pad_batch([masks[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])  # padded with 0
+        probs = scorer(batch_ids, batch_masks)
+        for row, k in enumerate(batch):
+            r, i = rows[k]
+            if per_token:
+                outputs[r][i, : lengths[k]] = probs[row, : lengths[k]]
+            else:
+                outputs[r][i, 0] = probs[row]
+    return outputs
+
+
 def safe_text(text: str) -> str:
     """``text`` with each lone surrogate replaced by '?', so it can be tokenized; lengths unchanged."""
     try:
