@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from tokfilter.cli import main as cli_main
 from tokfilter.errors import TokfilterError
 from tokfilter.training.experiment import (
-    ExperimentConfig, config_path, fit_power_law, interpolate_at, loss_matched_compute_ratio, run_experiment,
-    threshold_for_fraction,
+    ExperimentConfig, claim_multiple_choice, claim_work_dir, config_path, fit_power_law, interpolate_at,
+    loss_matched_compute_ratio, run_experiment, threshold_for_fraction,
 )
 
 
@@ -91,7 +91,7 @@ def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path)
     assert all("adversarial" in r for r in runs if r["primary"] and r["run_type"] != "nomask")
     assert results["analysis"]["fits"]["medicine"] is not None  # two sizes: the compute law is fitted
     report = (out / "report.md").read_text()
-    assert report.count("reproduced") >= 4
+    assert report.count("reproduced at this scale") + report.count("not testable at this scale") == 4  # a status per claim
     # a second call reuses the finished runs
     again = run_experiment(config, tiny_corpus_dir, tiny_models_dir, tmp_path / "tokenizer.json", tmp_path / "work",
                            out, threads=1)
@@ -110,3 +110,33 @@ def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path)
     assert set(evaluated) == {"losses", "multiple_choice", "adversarial"}
     assert evaluated["adversarial"]["curve"][0][0] == 0
     assert cli_main(["evaluate", str(run_dir), "--adversarial-tokens", "512"]) == 2  # no --reference
+
+
+def mc_run(size: str, run_type: str, medicine: float, biology: float, questions: int = 200) -> dict:
+    mc = {d: {"accuracy": a, "chance": 0.25, "questions": questions} for d, a in (("medicine", medicine), ("biology", biology))}
+    return {"size": size, "run_type": run_type, "primary": True, "multiple_choice": mc}
+
+
+def test_multiple_choice_claim_is_not_testable_when_the_baseline_is_at_chance():
+    at_chance = [mc_run("1m", "nomask", 0.215, 0.26), mc_run("1m", "mask", 0.215, 0.265)]
+    claim = claim_multiple_choice(at_chance, ["1m"])
+    assert claim["testable"] is False and claim["reproduced"] is False
+    assert "not testable" in claim["evidence"][0]
+
+
+def test_multiple_choice_claim_judges_a_baseline_above_chance():
+    above = [mc_run("1m", "nomask", 0.45, 0.50), mc_run("1m", "mask", 0.27, 0.49), mc_run("1m", "remove", 0.30, 0.40)]
+    claim = claim_multiple_choice(above, ["1m"])
+    assert claim["testable"] is True and claim["reproduced"] is False  # remove lost 10 points of biology
+    assert claim["evidence"][0].endswith("yes") and claim["evidence"][1].endswith("no")
+    claim = claim_multiple_choice(above[:2], ["1m"])
+    assert claim["reproduced"] is True
+
+
+def test_a_work_dir_built_for_another_config_is_refused(tmp_path):
+    config = ExperimentConfig.load(config_path("smoke"))
+    claim_work_dir(config, tmp_path)
+    claim_work_dir(config, tmp_path)  # same inputs: fine
+    config.corpus_size = "small"
+    with pytest.raises(TokfilterError, match="corpus_size 'tiny' -> 'small'"):
+        claim_work_dir(config, tmp_path)

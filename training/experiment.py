@@ -57,6 +57,7 @@ class ExperimentConfig:
     adversarial_max_tokens: int = 100_000
     adversarial_eval_every: int = 4096
     adversarial_lr: float = 1e-3
+    notes: str = ""  # why the config is sized as it is; printed at the top of the report
 
     @classmethod
     def load(cls, path: Path) -> "ExperimentConfig":
@@ -142,10 +143,29 @@ class Inputs:
     shards_dir: Path
 
 
+INPUT_KEYS = ("corpus_size", "seed", "tokenizer_vocab_size", "classifier_layers", "classifier_max_steps", "label_noise")
+
+
+def claim_work_dir(config: ExperimentConfig, work_dir: Path) -> None:
+    """Record in ``work_dir/inputs.json`` the config keys that the built inputs depend on, and refuse
+    a work dir built for other values: reusing its corpus, classifiers or shards would be silent."""
+    wanted = {key: getattr(config, key) for key in INPUT_KEYS}
+    record = work_dir / "inputs.json"
+    if record.is_file():
+        built = json.loads(record.read_text())
+        changed = [f"{k} {built.get(k)!r} -> {v!r}" for k, v in wanted.items() if built.get(k) != v]
+        if changed:
+            raise TokfilterError(f"work dir {work_dir} holds inputs built for another config ({'; '.join(changed)}): "
+                                 "delete it or pass another --work")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
 def prepare_inputs(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
                    threads: int | None) -> Inputs:
     """Build what is missing: corpus, target tokenizer, classifiers (retrained under label noise),
     and the training shards through the in-process filter pipeline."""
+    claim_work_dir(config, work_dir)
     if not (corpus_dir / "train.jsonl").is_file():
         from tokfilter.training.corpus import build_corpus
 
@@ -356,8 +376,16 @@ def claim_token_beats_document(runs: list[dict], sizes: list[str]) -> dict:
                                  "token runs not comparable (a claim needs all comparable)"]}
 
 
+def above_chance(mc: dict) -> bool:
+    """Accuracy more than two binomial standard errors above chance on ``mc['questions']`` questions."""
+    se = math.sqrt(mc["chance"] * (1 - mc["chance"]) / max(mc["questions"], 1))
+    return mc["accuracy"] > mc["chance"] + 2 * se
+
+
 def claim_multiple_choice(runs: list[dict], sizes: list[str]) -> dict:
-    lines, ok = [], True
+    """Testable only where the unfiltered model answers medicine above chance: a model at chance
+    cannot fall toward it, and a pass there would say nothing."""
+    lines, ok, tested = [], True, 0
     for size in sizes:
         base = primary(runs, size, "nomask")
         for run_type in TOKEN_RUN_TYPES:
@@ -366,15 +394,20 @@ def claim_multiple_choice(runs: list[dict], sizes: list[str]) -> dict:
                 continue
             med, bio = r["multiple_choice"][FORGET], r["multiple_choice"][RETAIN]
             med0, bio0 = base["multiple_choice"][FORGET], base["multiple_choice"][RETAIN]
+            numbers = (f"{size} {run_type}: medicine {med['accuracy']:.1%} (nomask {med0['accuracy']:.1%}, chance "
+                       f"{med['chance']:.0%}, n={med['questions']}); biology {bio['accuracy']:.1%} (nomask "
+                       f"{bio0['accuracy']:.1%}, n={bio['questions']})")
+            if not above_chance(med0):
+                lines.append(f"{numbers} -> not testable: nomask medicine is not above chance by 2 standard errors")
+                continue
+            tested += 1
             toward_chance = abs(med["accuracy"] - med["chance"]) < abs(med0["accuracy"] - med0["chance"]) or (
                 med["accuracy"] <= med["chance"] + 0.02)
             bio_kept = bio["accuracy"] >= bio0["accuracy"] - 0.03
             ok &= toward_chance and bio_kept
-            lines.append(f"{size} {run_type}: medicine {med['accuracy']:.1%} (nomask {med0['accuracy']:.1%}, chance "
-                         f"{med['chance']:.0%}, n={med['questions']}); biology {bio['accuracy']:.1%} (nomask "
-                         f"{bio0['accuracy']:.1%}, n={bio['questions']}) -> {'yes' if toward_chance and bio_kept else 'no'}")
+            lines.append(f"{numbers} -> {'yes' if toward_chance and bio_kept else 'no'}")
     return {"claim": "3. medicine MC accuracy falls toward chance; biology within 3 points of nomask",
-            "reproduced": ok and bool(lines), "evidence": lines}
+            "reproduced": ok and tested > 0, "testable": tested > 0, "evidence": lines}
 
 
 def claim_adversarial(runs: list[dict], sizes: list[str]) -> dict:
@@ -397,6 +430,12 @@ def claim_adversarial(runs: list[dict], sizes: list[str]) -> dict:
             lines.append(f"{size} {run_type}: {fmt(t)} vs document {fmt(doc)} -> {'yes' if t > doc else 'no'}")
     return {"claim": "4. adversarial fine-tuning needs more tokens to recover token-filtered than document-filtered models",
             "reproduced": ok and compared > 0, "evidence": lines}
+
+
+def claim_status(claim: dict) -> str:
+    if not claim.get("testable", True):
+        return "not testable"
+    return "reproduced" if claim["reproduced"] else "NOT reproduced"
 
 
 def plot_all(runs: list[dict], analysis: dict, config: ExperimentConfig, out_dir: Path) -> list[str]:
@@ -482,11 +521,12 @@ def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], ana
         f"shards `{inputs.shards_dir}`. Wall time {elapsed_s / 60:.1f} min. Losses are mean nats per token on "
         "pure-domain passages of the test split; thresholds were fixed from the config before evaluation.",
         "",
+        *([f"Notes: {config.notes}", ""] if config.notes else []),
         "## Claims",
         "",
     ]
     for claim in analysis["claims"]:
-        lines.append(f"**{claim['claim']}**: {'reproduced' if claim['reproduced'] else 'NOT reproduced'} at this scale.")
+        lines.append(f"**{claim['claim']}**: {claim_status(claim)} at this scale.")
         lines.extend(f"- {e}" for e in claim["evidence"])
         lines.append("")
     fits = analysis["fits"]
@@ -577,6 +617,6 @@ def main(args: argparse.Namespace) -> int:
     results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
                              args.tokenizer or work / "tokenizer.json", work, out, args.threads)
     for claim in results["analysis"]["claims"]:
-        print(f"{'REPRODUCED' if claim['reproduced'] else 'not reproduced'}: {claim['claim']}")
+        print(f"{claim_status(claim).upper()}: {claim['claim']}")
     print(f"report: {out / 'report.md'}")
     return 0
