@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from tokfilter.cli import main as cli_main
 from tokfilter.errors import TokfilterError
 from tokfilter.training.experiment import (
-    ExperimentConfig, claim_multiple_choice, claim_work_dir, config_path, fit_power_law, interpolate_at,
+    ExperimentConfig, claim_multiple_choice, claim_token_beats_document, claim_work_dir, config_path, fit_power_law, interpolate_at,
     loss_matched_compute_ratio, run_experiment, threshold_for_fraction,
 )
 
@@ -51,6 +51,27 @@ def test_interpolation_is_none_outside_the_curve():
     assert interpolate_at([1.0, 0.0], [2.0, 0.0], 0.25) == pytest.approx(0.5)
     assert interpolate_at([0.0, 1.0], [0.0, 2.0], 1.5) is None
     assert interpolate_at([], [], 0.0) is None
+
+
+def frontier_run(name: str, run_type: str, forget_rise: float, retain_rise: float) -> dict:
+    return {"name": name, "size": "1m", "run_type": run_type, "delta": {"medicine": forget_rise, "biology": retain_rise}}
+
+
+def test_token_vs_document_interpolates_inside_and_needs_dominance_outside():
+    docs = [frontier_run("d1", "document", 0.5, -0.10), frontier_run("d2", "document", 1.0, -0.10)]
+    inside = frontier_run("inside", "mask", 0.75, -0.12)          # below the document line at 0.75 -> better
+    beyond = frontier_run("beyond", "mask", 1.3, -0.15)           # forgets more, keeps more biology than d2
+    dominated = frontier_run("dominated", "remove", 0.3, -0.05)   # forgets less, loses more biology than d1
+    short = frontier_run("short", "remove", 0.3, -0.12)           # forgets less but keeps more: not comparable
+    claim = claim_token_beats_document(docs + [inside, beyond, dominated, short], ["1m"])
+    text = "\n".join(claim["evidence"])
+    assert "inside: medicine +0.750; biology -0.120 vs document -0.100 (interpolated)" in text
+    assert "beyond" in text and "token dominates" in text
+    assert "dominated" in text and "document dominates" in text
+    assert "neither dominates" in text
+    assert claim["evidence"][-1].startswith("token better in 2/3 comparisons; 1 of 4")
+    assert not claim["reproduced"]
+    assert claim_token_beats_document(docs + [inside, beyond], ["1m"])["reproduced"]
 
 
 def test_config_errors_name_the_field(tmp_path):
