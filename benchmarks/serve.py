@@ -31,7 +31,7 @@ import numpy as np
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
-from tokfilter.inference import OnnxWindowScorer
+from tokfilter.inference import OnnxWindowScorer, served_device
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import ScoringPipeline
 
@@ -84,7 +84,7 @@ def best(rows: list[dict], prefix: str) -> dict:
     return max((r for r in rows if r["path"].startswith(prefix)), key=lambda r: r["tokens_per_s"])
 
 
-def transformers_baseline(token_dir: Path, threads: int):
+def transformers_baseline(token_dir: Path, threads: int, device: str):
     """A transformers token-classification pipeline on the token model's architecture in PyTorch
     (same encoder depth, same windowing), batch 8: what people would write without this project."""
     import torch
@@ -99,8 +99,8 @@ def transformers_baseline(token_dir: Path, threads: int):
     model = AutoModelForTokenClassification.from_pretrained(encoder_path(), config=config).eval()
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(token_dir / "tokenizer.json"), model_max_length=card.max_length,
                                         cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
-    classify = pipeline("token-classification", model=model, tokenizer=tokenizer, device=-1, stride=card.stride,
-                        aggregation_strategy="simple")
+    classify = pipeline("token-classification", model=model, tokenizer=tokenizer, stride=card.stride,
+                        device=0 if device == "cuda" else -1, aggregation_strategy="simple")
     return lambda docs: classify(docs, batch_size=8)
 
 
@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> dict:
     import httpx
 
     token_dir, doc_dir = args.models_dir / "token_classifier", args.models_dir / "doc_classifier"
+    device = served_device()  # what the Triton models will run on; every path uses the same device
     texts = benchmark_texts(args.corpus, args.docs)
     requests = [texts[i : i + args.docs_per_request] for i in range(0, len(texts), args.docs_per_request)]
-    local = ScoringPipeline.from_model_dirs(token_dir, doc_dir, make_scorer=lambda d: OnnxWindowScorer(d, threads=args.threads))
+    local = ScoringPipeline.from_model_dirs(token_dir, doc_dir, make_scorer=lambda d: OnnxWindowScorer(d, threads=args.threads, device=device))
     n_tokens = int(sum(len(e.ids) for e in local.encode(texts)))
     print(f"{len(texts)} documents, {n_tokens} tokens, {len(requests)} requests of {args.docs_per_request} docs; models {args.models_dir}", flush=True)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         with FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), use_doc_model=False) as token_only:
             for c in token_concurrencies:
                 rows.append(measure("b-token-int8: token model only, int8", token_only.filter, requests, c, n_tokens))
-    rows.append(measure("d: transformers pipeline", transformers_baseline(token_dir, args.threads), requests, 1, n_tokens))
+    rows.append(measure("d: transformers pipeline", transformers_baseline(token_dir, args.threads, device), requests, 1, n_tokens))
 
     a, b, c, d = best(rows, "a:"), best(rows, "b:"), best(rows, "c:"), best(rows, "d:")
     b_token, b_token_int8 = best(rows, "b-token:"), best(rows, "b-token-int8:")
@@ -166,9 +167,17 @@ def run(args: argparse.Namespace) -> dict:
         "goals": {"b_over_a>=0.9": ratios["b_over_a"] >= GOALS["b_over_a"], "b_over_d>=2": ratios["b_over_d"] >= GOALS["b_over_d"],
                   "b_int8_over_d>=2": ratios["b_int8_over_d"] >= GOALS["b_over_d"],
                   "gateway_overhead<=20%": ratios["c_over_b"] >= 1 - GOALS["gateway_overhead_max"]},
-        "gpu": "pending: no GPU was lent to this run; on a CUDA host serve with onnxruntime-gpu (python backend, CUDA EP) "
-               "or the NGC container with `--model-config-name=gpu` (onnxruntime + TensorRT) and rerun this script",
+        "device": device,
+        "gpu": (f"measured above on {gpu_name()}" if device == "cuda" else
+                "pending: no GPU in this run; on a CUDA host install onnxruntime-gpu (the python-backend models then use "
+                "the CUDA execution provider) and rerun this script"),
     }
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "a CUDA device"
 
 
 def markdown(result: dict) -> str:
@@ -176,7 +185,7 @@ def markdown(result: dict) -> str:
         "# Serving throughput (benchmarks/serve.py)", "",
         f"Models: `{result['models_dir']}` ({result['model']['layers']} layers, max_length {result['model']['max_length']}); "
         f"{result['documents']} documents / {result['tokens']} tokens, {result['docs_per_request']} documents per request, "
-        f"ORT threads {result['ort_threads']}; {result['machine']['cpus']} CPUs shared with other jobs "
+        f"device {result['device']}, ORT threads {result['ort_threads']}; {result['machine']['cpus']} CPUs shared with other jobs "
         f"(load average {result['machine']['load_avg_start'][0]:.1f} at start, {result['machine']['load_avg_end'][0]:.1f} at end).",
         f"Triton vs in-process scores: max |diff| = {result['max_abs_diff_triton_vs_in_process']:.2e}.", "",
         "| path | concurrency | tokens/s | docs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|",

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tokfilter.inference import OnnxWindowScorer
+from tokfilter.inference import OnnxWindowScorer, served_device
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoringPipeline, score_window_requests
 
 
@@ -30,14 +30,8 @@ def scorer_factory(parameters: dict):
     """Builds OnnxWindowScorers with the precision, threads and device the config asks for."""
     precision = parameters.get("precision", "fp32")
     threads = int(os.environ.get("TOKFILTER_ORT_THREADS") or parameters.get("ort_threads", "0")) or None
-    device = os.environ.get("TOKFILTER_DEVICE") or default_device()
+    device = served_device()
     return lambda model_dir: OnnxWindowScorer(model_dir, precision=precision, threads=threads, device=device)
-
-
-def default_device() -> str:
-    import onnxruntime as ort
-
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
 
 
 class TritonPythonModel:

@@ -31,6 +31,15 @@ def onnx_providers(device: str = "cpu") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def served_device() -> str:
+    """The device the Triton models run on: ``TOKFILTER_DEVICE`` (cpu|cuda), else CUDA where
+    onnxruntime has its CUDA provider (``onnxruntime-gpu``), else CPU."""
+    import onnxruntime as ort
+
+    return os.environ.get("TOKFILTER_DEVICE") or (
+        "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+
+
 class OnnxWindowScorer:
     """Scores padded window batches with an exported classifier.
 
