@@ -33,7 +33,7 @@ from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
 from tokfilter.training.classifiers import build_model, load_split, sample_docs, score_split
-from tokfilter.training.export import OPSET, export_onnx, quantize_int8, quiet_exporters
+from tokfilter.training.export import OPSET, example_inputs, export_onnx, quantize_int8, quiet_exporters
 from tokfilter.windows import load_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -42,12 +42,9 @@ BASELINE = "dynamo, sdpa"
 
 def export_dynamo(model: torch.nn.Module, path: Path) -> None:
     """The dynamo exporter with dynamic batch and sequence axes (the baseline's export)."""
-    ids = torch.randint(1000, 2000, (2, 12), dtype=torch.int64)
-    mask = torch.ones_like(ids)
-    mask[1, 9:] = 0
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=512)
     with quiet_exporters():
-        torch.onnx.export(model.eval(), (ids, mask), str(path), dynamo=True, opset_version=OPSET,
+        torch.onnx.export(model.eval(), example_inputs(), str(path), dynamo=True, opset_version=OPSET,
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
                           external_data=False, optimize=True)

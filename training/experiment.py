@@ -269,13 +269,12 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path) -> list[d
         )
         summary_path = run_dir / "summary.json"
         expected = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(pretrain).items()}))
-        if summary_path.is_file() and json.loads(summary_path.read_text())["config"] == expected:
+        run["reused"] = summary_path.is_file() and json.loads(summary_path.read_text())["config"] == expected
+        if run["reused"]:
             log(f"run {i + 1}/{len(runs)} {run['name']}: done before, reusing")
-            run["reused"] = True
         else:
             log(f"run {i + 1}/{len(runs)} {run['name']}")
             train(pretrain, vocab_size, shard_batches(inputs.shards_dir, pretrain))
-            run["reused"] = False
         run["dir"] = str(run_dir)
         run["train"] = json.loads(summary_path.read_text())
     evaluator = Evaluator(inputs.corpus_dir, inputs.tokenizer, config.seq_len,
