@@ -47,7 +47,7 @@ class MaskedShards(IterableDataset):
         self,
         shard_dir: Path | str,
         seq_len: int,
-        threshold: float = 0.5,
+        threshold: float | None = 0.5,
         mode: str = "mask",
         doc_threshold: float | None = None,
         rank: int | None = None,
@@ -58,16 +58,18 @@ class MaskedShards(IterableDataset):
             raise TokfilterError(f"mode must be one of {MODES}, got {mode!r}")
         if seq_len < 1:
             raise TokfilterError(f"seq_len must be >= 1, got {seq_len}")
+        self.shard_dir = Path(shard_dir)
+        self.manifest, shards = open_shards(self.shard_dir)
+        if threshold is None:  # the token threshold the shards were written with (the model card's, or --threshold)
+            threshold = float(self.manifest["threshold"])
         if not 0.0 <= threshold <= 1.0:
             raise TokfilterError(f"threshold must be in [0, 1], got {threshold}")
-        self.shard_dir = Path(shard_dir)
         self.seq_len = seq_len
         self.threshold = threshold
         self.doc_threshold = threshold if doc_threshold is None else doc_threshold
         self.mode = mode
         self.rank, self.world_size = rank, world_size
         self.shuffle_seed = shuffle_seed
-        self.manifest, shards = open_shards(self.shard_dir)
         self.eot_id = int(self.manifest["eot_id"])
         self.hidden_id = self.manifest.get("hidden_id")
         if mode == "remove" and self.hidden_id is None:

@@ -75,6 +75,14 @@ def test_nomask_and_threshold(tmp_path):
     assert weights.tolist() == [1.0] * 4
 
 
+def test_threshold_none_is_the_manifests(tmp_path):
+    write_shards(tmp_path, [("a", [10, 11, 12, 13], [0.0, 0.0, 0.7, 0.0], 0.1)], threshold=0.8)
+    ds = MaskedShards(tmp_path, seq_len=4, threshold=None, mode="mask")
+    assert ds.threshold == 0.8  # 0.7 stays below it: nothing masked
+    (_, _, weights), = list(ds)
+    assert weights.tolist() == [1.0] * 4
+
+
 def test_document_mode_drops_documents_over_the_doc_threshold(tmp_path):
     docs = [("a", [10, 11], [0, 0], 0.1), ("b", [20, 21], [0.9, 0.9], 0.8), ("c", [30, 31, 32], [0, 0, 0], 0.3)]
     write_shards(tmp_path, docs, shard_tokens=4)
