@@ -35,7 +35,7 @@ from tokfilter.clients.shards import (
 )
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import load_model_card
-from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoredModel, ScoringPipeline, WindowScorer
+from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoredModel, ScoringPipeline, WindowScorer
 
 ON_ERROR = ("skip", "fail")
 
@@ -56,7 +56,7 @@ class FilterSettings:
     on_error: str = "skip"
     buffer_docs: int = 256
     shard_tokens: int = 1 << 22
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_tokens: int | None = None  # None: batch_tokens()'s default
     server: str | None = None
     max_in_flight: int = 4
     threads: int | None = None
@@ -68,10 +68,19 @@ class FilterSettings:
             raise TokfilterError(f"--buffer-docs must be >= 1, got {self.buffer_docs}")
         if self.max_in_flight < 1:
             raise TokfilterError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise TokfilterError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
         if self.doc_prefilter is not None and not 0.0 <= self.doc_prefilter <= 1.0:
             raise TokfilterError(f"--doc-prefilter must be in [0, 1], got {self.doc_prefilter}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise TokfilterError(f"--threshold must be in [0, 1], got {self.threshold}")
+
+    def batch_tokens(self, remote: bool) -> int:
+        """Padded tokens per model call in process, or per request to a server (which regroups
+        them into model calls of its own)."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return DEFAULT_REQUEST_TOKENS if remote else DEFAULT_MAX_BATCH_TOKENS
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
@@ -143,6 +152,7 @@ class ChunkFilter:
         self.settings = settings
         self.target = TargetTokenizer(settings.target_tokenizer)
         server = server or settings.server
+        batch_tokens = settings.batch_tokens(remote=bool(server))
         if server:
             from tokfilter.clients.filter_client import FilterClient
 
@@ -154,20 +164,20 @@ class ChunkFilter:
             executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="tokfilter-filter")
             self.pipeline = ScoringPipeline(
                 served.tokenizer, _retrying(served.token_model, server), served.threshold, _retrying(served.doc_model, server),
-                max_batch_tokens=settings.max_batch_tokens, executor=executor,
+                max_batch_tokens=batch_tokens, executor=executor,
             )
         else:
             from tokfilter.inference import OnnxWindowScorer
 
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
-                settings.token_model, settings.doc_model, max_batch_tokens=settings.max_batch_tokens,
+                settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
                 make_scorer=lambda d: OnnxWindowScorer(d, precision=settings.precision, threads=settings.threads),
             )
         self.threshold = self.pipeline.threshold if settings.threshold is None else settings.threshold
         self.token_only = ScoringPipeline(
             self.pipeline.tokenizer, self.pipeline.token_model, self.threshold,
-            max_batch_tokens=settings.max_batch_tokens, executor=executor,
+            max_batch_tokens=batch_tokens, executor=executor,
         )
 
     def __call__(self, texts: list[str]) -> list[FilteredDoc]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tokfilter import paths
 from tokfilter.clients.corpus_filter import ON_ERROR, FilterSettings, run_local
+from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS
 
 DEFAULTS = FilterSettings()
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=ON_ERROR, default=DEFAULTS.on_error, help="malformed records: skip (counted) or fail")
     parser.add_argument("--buffer-docs", type=int, default=DEFAULTS.buffer_docs, help="documents sorted and batched together")
     parser.add_argument("--shard-tokens", type=int, default=DEFAULTS.shard_tokens, help="tokens per shard (about)")
-    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULTS.max_batch_tokens, help="padded tokens per model batch")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULTS.max_batch_tokens, help=f"padded tokens per model call in process (default {DEFAULT_MAX_BATCH_TOKENS}) or per request with --server (default {DEFAULT_REQUEST_TOKENS})")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULTS.max_in_flight, help="concurrent requests to the server")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model (default: all cores)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or kill")

@@ -21,12 +21,12 @@ from tokfilter.inference import forget_probability
 from tokfilter.modelcard import load_model_card
 from tokfilter.paths import TOKEN_MODEL_DIR
 from tokfilter.scoring import (
-    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_REQUEST_TOKENS,
     DocumentScores,
     ScoredModel,
     ScoringPipeline,
 )
-from tokfilter.server.model_repo import file_sha256
+from tokfilter.server.model_repo import config_parameters, file_sha256
 from tokfilter.windows import load_tokenizer
 
 TOKEN_MODEL, DOC_MODEL = "token_classifier", "doc_classifier"
@@ -76,6 +76,9 @@ class FilterClient:
 
     >>> with FilterClient("grpc://127.0.0.1:8001") as client:
     ...     results = client.filter(["Insulin lowers blood glucose."])
+
+    ``max_batch_tokens`` bounds the padded tokens of one request; the server regroups the windows
+    of the requests it holds into model calls of its own budget.
     """
 
     def __init__(
@@ -83,7 +86,7 @@ class FilterClient:
         url: str = "grpc://127.0.0.1:8001",
         model_dir: Path | str = TOKEN_MODEL_DIR,
         max_in_flight: int = 8,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int = DEFAULT_REQUEST_TOKENS,
         use_doc_model: bool = True,
         timeout: float | None = 120.0,
     ):
@@ -135,7 +138,7 @@ class FilterClient:
     def _windowing(self, model: str, model_dir: Path, tokenizer_digest: str) -> dict:
         """Windowing and threshold the server publishes for ``model`` (else the local card's)."""
         config = self.server_models[model]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = config_parameters(config)
         output = config["output"][0]["name"]
         if "max_length" not in params:  # a config without published parameters (native GPU backend)
             card = load_model_card(model_dir.parent / model if model != TOKEN_MODEL else model_dir)

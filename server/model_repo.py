@@ -35,6 +35,12 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
         raise TokfilterError(f"invalid Triton model config {path}: {err}") from err
 
 
+def config_parameters(config: dict) -> dict[str, str]:
+    """The string parameters of a model config in Triton's JSON form; an empty value has no
+    ``string_value`` key there (protobuf JSON leaves out defaults)."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
 def served_config(repo: Path, model: str, instances: int | None, ort_threads: int | None, precision: str | None) -> str:
     """The committed config of ``model`` as the JSON Triton's load API takes, with the asked-for
     overrides, and for window models the windowing and tokenizer digest clients check against."""

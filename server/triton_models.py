@@ -9,8 +9,9 @@ whose attention scores alone take ~0.8 GB per layer: slower per token on a CPU t
 ``filter_text``: raw texts in, JSON spans out, through the shared scoring pipeline.
 
 Config parameters: ``precision`` (fp32|int8), ``ort_threads`` (0 = all cores) and
-``max_batch_tokens`` (padded tokens per ONNX Runtime call; raise it on a GPU); the environment
-variables ``TOKFILTER_ORT_THREADS`` and ``TOKFILTER_DEVICE`` (cpu|cuda) override the first two.
+``max_batch_tokens`` (padded tokens per ONNX Runtime call; empty: 1024 on a CPU, 32768 on a GPU,
+``tokfilter.scoring.max_batch_tokens_for``). The environment variable ``TOKFILTER_ORT_THREADS``
+overrides ``ort_threads``; ``TOKFILTER_DEVICE`` (cpu|cuda) picks the device.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tokfilter.inference import OnnxWindowScorer, served_device
-from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoringPipeline, score_window_requests
+from tokfilter.scoring import ScoringPipeline, max_batch_tokens_for, score_window_requests
+from tokfilter.server.model_repo import config_parameters
 
 
-def scorer_factory(parameters: dict):
-    """Builds OnnxWindowScorers with the precision, threads and device the config asks for."""
+def scorer_factory(parameters: dict, device: str):
+    """Builds OnnxWindowScorers on ``device`` with the precision and threads the config asks for."""
     precision = parameters.get("precision", "fp32")
     threads = int(os.environ.get("TOKFILTER_ORT_THREADS") or parameters.get("ort_threads", "0")) or None
-    device = served_device()
     return lambda model_dir: OnnxWindowScorer(model_dir, precision=precision, threads=threads, device=device)
 
 
@@ -38,19 +39,22 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.name = config["name"]
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        make_scorer = scorer_factory(parameters)
+        parameters = config_parameters(config)
+        device = served_device()
+        make_scorer = scorer_factory(parameters, device)
+        max_batch_tokens = int(parameters.get("max_batch_tokens") or max_batch_tokens_for(device))
         repo = Path(args["model_repository"]).parent  # model_repository is this model's own folder
         version = args["model_version"]
         if self.name == "filter_text":
             self.pipeline = ScoringPipeline.from_model_dirs(
-                repo / "token_classifier" / version, repo / "doc_classifier" / version, make_scorer=make_scorer
+                repo / "token_classifier" / version, repo / "doc_classifier" / version, make_scorer=make_scorer,
+                max_batch_tokens=max_batch_tokens,
             )
         else:
             self.scorer = make_scorer(repo / self.name / version)
             self.output = config["output"][0]["name"]
             self.per_token = [int(d) for d in config["output"][0]["dims"]] == [-1]  # [-1]: per position; [1]: per window
-            self.max_batch_tokens = int(parameters.get("max_batch_tokens") or DEFAULT_MAX_BATCH_TOKENS)
+            self.max_batch_tokens = max_batch_tokens
 
     def execute(self, requests: list) -> list:
         if self.name == "filter_text":

@@ -117,6 +117,8 @@ def test_bad_arguments_are_clear_errors(tiny_corpus_dir, settings, tmp_path):
         run_local([str(tiny_corpus_dir)], tmp_path / "o", settings, show_progress=False)
     with pytest.raises(TokfilterError, match="--doc-prefilter must be in"):
         run_local([test_file], tmp_path / "o", replace(settings, doc_prefilter=2.0), show_progress=False)
+    with pytest.raises(TokfilterError, match="--max-batch-tokens must be >= 1, got 0"):
+        run_local([test_file], tmp_path / "o", replace(settings, max_batch_tokens=0), show_progress=False)
     run_local([test_file], tmp_path / "done", settings, show_progress=False)
     with pytest.raises(TokfilterError, match="already holds shards"):
         run_local([test_file], tmp_path / "done", settings, show_progress=False)

@@ -24,7 +24,8 @@ from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.paths import MODEL_REPO_DIR
 from tokfilter.scoring import ScoringPipeline, hide_spans, safe_text
-from tokfilter.server.model_repo import SERVED_MODELS, WINDOW_MODELS, place_models
+from tokfilter.modelcard import load_model_card
+from tokfilter.server.model_repo import SERVED_MODELS, WINDOW_MODELS, config_parameters, place_models
 from tokfilter.server.serve import running_server
 from tokfilter.server.triton import free_port
 from tokfilter.windows import pad_batch
@@ -72,6 +73,17 @@ def test_committed_configs_parse_against_tritons_schema():
         accelerators = gpu.optimization.execution_accelerators.gpu_execution_accelerator
         assert [a.name for a in accelerators] == ["tensorrt"]
         assert [o.name for o in gpu.output] == ["logits"]
+
+
+def test_served_parameters_read_back_including_empty_ones(server, tiny_models_dir):
+    """Triton's JSON config leaves out an empty parameter's value; it reads back as "" (for
+    ``max_batch_tokens``: the device's default), next to the windowing published from the card."""
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    for model in WINDOW_MODELS:
+        params = config_parameters(client.get_model_config(model, as_json=True)["config"])
+        card = load_model_card(tiny_models_dir / model)
+        assert params["max_batch_tokens"] == ""
+        assert (params["precision"], int(params["max_length"]), int(params["stride"])) == ("fp32", card.max_length, card.stride)
 
 
 def window_batch(tokenizer_path: Path) -> tuple[np.ndarray, np.ndarray]:

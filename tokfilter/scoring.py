@@ -40,9 +40,20 @@ from tokfilter.windows import (
 
 WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-DEFAULT_MAX_BATCH_TOKENS = 8192
+# Padded tokens per model call. On a CPU small batches stay in cache: 1024 scores 1.1-1.2x the
+# tokens/s of 8192, fp32 and int8 (benchmarks/results/batch_tokens.md). A GPU needs large batches to fill.
+DEFAULT_MAX_BATCH_TOKENS = 1024
+CUDA_MAX_BATCH_TOKENS = 32768
+# Padded tokens per request to a server, which regroups them into model calls of its own budget:
+# large requests amortize the round trip.
+DEFAULT_REQUEST_TOKENS = 8192
 DEFAULT_MAX_BATCH_SIZE = 64
 HIDDEN_TOKEN = "[hidden]"
+
+
+def max_batch_tokens_for(device: str) -> int:
+    """The default padded tokens per model call on ``device`` (cpu|cuda)."""
+    return CUDA_MAX_BATCH_TOKENS if device == "cuda" else DEFAULT_MAX_BATCH_TOKENS
 
 
 @dataclass

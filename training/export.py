@@ -68,8 +68,8 @@ def export_onnx(model: torch.nn.Module, path: Path, task: str) -> None:
 
     Attention is exported in its eager form (matmul, masked add, softmax) through the TorchScript
     exporter (``EXPORTER``): the graph ONNX Runtime runs fastest. ``benchmarks/export_graph.py``
-    measured 1.24x (fp32) and 1.51x (int8) the tokens/s of the dynamo exporter's graph of SDPA
-    attention on the default token model, and 1.09x / 1.28x for the dynamo exporter with eager
+    measured 1.39x (fp32) and 1.49x (int8) the tokens/s of the dynamo exporter's graph of SDPA
+    attention on the default token model, and 1.27x / 1.24x for the dynamo exporter with eager
     attention. The switch to eager attention stays on ``model`` (same outputs, used by the parity check).
     """
     from transformers import PreTrainedModel
@@ -96,7 +96,9 @@ def onnx_opset(path: Path) -> int:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations stay float): ORT's CPU fast path."""
+    """Dynamic int8 quantization, ORT's CPU fast path: int8 weights, and activations quantized at run
+    time with one scale per tensor of a call. That scale spans the whole batch, so an int8 score
+    moves with the windows batched alongside (benchmarks/results/batch_tokens.md); fp32 ones do not."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet_exporters():
