@@ -9,8 +9,10 @@ path's best concurrency) and b/d.
 
 (d) computes token probabilities only, so b/d is measured like for like: FilterClient with the
 token model alone, at (b)'s best concurrency and at 4, served in fp32 and in int8 (``tokfilter serve
---precision int8``, whose F1 is within 0.01 of fp32's: benchmarks/results/classifiers.md). The
-machine is shared, so only the ratios of one run are the result; absolute numbers are indicative.
+--precision int8``, whose F1 is within 0.01 of fp32's: benchmarks/results/classifiers.md). (d) runs
+right after each of the two token-only blocks, and the better of its two runs is the baseline of
+both b/d ratios: the load of this shared machine drifts, and the better (d) can only lower b/d.
+Only the ratios of one run are the result; absolute numbers are indicative.
 
     python benchmarks/serve.py [--models-dir artifacts/models] [--docs 64] [--concurrency 1,2,4,8,16,32]
 """
@@ -33,7 +35,7 @@ from tokfilter import paths
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer, served_device
 from tokfilter.modelcard import load_model_card
-from tokfilter.scoring import ScoringPipeline
+from tokfilter.scoring import DEFAULT_REQUEST_TOKENS, ScoringPipeline, max_batch_tokens_for
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {"b_over_a": 0.9, "b_over_d": 2.0, "gateway_overhead_max": 0.2}
@@ -116,7 +118,10 @@ def run(args: argparse.Namespace) -> dict:
     device = served_device()  # what the Triton models will run on; every path uses the same device
     texts = benchmark_texts(args.corpus, args.docs)
     requests = [texts[i : i + args.docs_per_request] for i in range(0, len(texts), args.docs_per_request)]
-    local = ScoringPipeline.from_model_dirs(token_dir, doc_dir, make_scorer=lambda d: OnnxWindowScorer(d, threads=args.threads, device=device))
+    call_tokens = max_batch_tokens_for(device)  # per model call in process (the server picks the same)
+    request_tokens = max(DEFAULT_REQUEST_TOKENS, call_tokens)  # per FilterClient request
+    local = ScoringPipeline.from_model_dirs(token_dir, doc_dir, make_scorer=lambda d: OnnxWindowScorer(d, threads=args.threads, device=device),
+                                            max_batch_tokens=call_tokens)
     n_tokens = int(sum(len(e.ids) for e in local.encode(texts)))
     print(f"{len(texts)} documents, {n_tokens} tokens, {len(requests)} requests of {args.docs_per_request} docs; models {args.models_dir}", flush=True)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     place_models(args.models_dir, repo)
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port(), "gateway_port": free_port()}
     with running_server(repo, ort_threads=args.threads, **ports) as ep:
-        client = FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies))
+        client = FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), max_batch_tokens=request_tokens)
         http = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=64))
         remote, reference = client.filter(texts[:8]), local.score(texts[:8])
         max_diff = max(float(np.abs(r.token_probs - l.token_probs).max(initial=0)) for r, l in zip(remote, reference))
@@ -140,15 +145,17 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(measure("c: REST gateway", rest, requests, c, n_tokens))
         client.close()
         token_concurrencies = sorted({4, best(rows, "b:")["concurrency"]})  # a moderate one and (b)'s best
-        with FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), use_doc_model=False) as token_only:
+        baseline = transformers_baseline(token_dir, args.threads, device)
+        with FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), max_batch_tokens=request_tokens, use_doc_model=False) as token_only:
             for c in token_concurrencies:
                 rows.append(measure("b-token: token model only, fp32", token_only.filter, requests, c, n_tokens))
+        rows.append(measure("d: transformers pipeline", baseline, requests, 1, n_tokens))
     int8_ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
     with running_server(repo, ort_threads=args.threads, precision="int8", gateway_port=None, **int8_ports) as ep:
-        with FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), use_doc_model=False) as token_only:
+        with FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), max_batch_tokens=request_tokens, use_doc_model=False) as token_only:
             for c in token_concurrencies:
                 rows.append(measure("b-token-int8: token model only, int8", token_only.filter, requests, c, n_tokens))
-    rows.append(measure("d: transformers pipeline", transformers_baseline(token_dir, args.threads, device), requests, 1, n_tokens))
+        rows.append(measure("d: transformers pipeline", baseline, requests, 1, n_tokens))
 
     a, b, c, d = best(rows, "a:"), best(rows, "b:"), best(rows, "c:"), best(rows, "d:")
     b_token, b_token_int8 = best(rows, "b-token:"), best(rows, "b-token-int8:")
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "serve", "models_dir": str(args.models_dir), "model": {"name": card.name, "layers": card.num_layers,
         "max_length": card.max_length, "stride": card.stride, "encoder": card.encoder},
         "documents": len(texts), "tokens": n_tokens, "docs_per_request": args.docs_per_request, "ort_threads": args.threads,
+        "max_batch_tokens": call_tokens, "request_tokens": request_tokens,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_start": args.load_start,
                     "load_avg_end": list(os.getloadavg())},
         "max_abs_diff_triton_vs_in_process": max_diff, "rows": rows,
@@ -185,7 +193,8 @@ def markdown(result: dict) -> str:
         "# Serving throughput (benchmarks/serve.py)", "",
         f"Models: `{result['models_dir']}` ({result['model']['layers']} layers, max_length {result['model']['max_length']}); "
         f"{result['documents']} documents / {result['tokens']} tokens, {result['docs_per_request']} documents per request, "
-        f"device {result['device']}, ORT threads {result['ort_threads']}; {result['machine']['cpus']} CPUs shared with other jobs "
+        f"device {result['device']}, ORT threads {result['ort_threads']}, {result['max_batch_tokens']} padded tokens per model call, "
+        f"{result['request_tokens']} per FilterClient request; {result['machine']['cpus']} CPUs shared with other jobs "
         f"(load average {result['machine']['load_avg_start'][0]:.1f} at start, {result['machine']['load_avg_end'][0]:.1f} at end).",
         f"Triton vs in-process scores: max |diff| = {result['max_abs_diff_triton_vs_in_process']:.2e}.", "",
         "| path | concurrency | tokens/s | docs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|",
