@@ -236,6 +236,27 @@ def run_cuda(args: argparse.Namespace) -> dict:
     }
 
 
+def cuda_goal_lines(section: dict) -> list[str]:
+    """The CUDA goals per scenario, read off the runs: the Triton kernel's share of the measured
+    matmul peak, and its time and memory against Liger's."""
+    goal = section["goals"]["min_fraction_of_matmul_peak"]
+    lines = []
+    for masked in sorted({r["masked_fraction"] for r in section["runs"]}):
+        by_variant = {r["variant"]: r for r in section["runs"] if r["masked_fraction"] == masked and "median_s" in r}
+        if "triton" not in by_variant:
+            continue
+        ours = by_variant["triton"]
+        line = (f"- masked {masked:.2f}: triton at {ours['fraction_of_peak']:.0%} of the matmul peak "
+                f"(goal >= {goal:.0%}: {'met' if ours['fraction_of_peak'] >= goal else 'NOT met'})")
+        if "liger" in by_variant:
+            liger = by_variant["liger"]
+            met = ours["median_s"] < liger["median_s"] and ours["peak_mib"] <= liger["peak_mib"]
+            line += (f"; {liger['median_s'] / ours['median_s']:.2f}x Liger's speed at {ours['peak_mib'] / liger['peak_mib']:.2f}x "
+                     f"its memory (goal: faster at equal or lower memory: {'met' if met else 'NOT met'})")
+        lines.append(line)
+    return lines
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = ["# Fused masked linear cross-entropy vs naive", "",
              "Written by `benchmarks/masked_ce.py`; ratios are against the naive loss of the same run.", ""]
@@ -274,6 +295,8 @@ def write_markdown(results: dict, path: Path) -> None:
                          f"|loss - naive| = {ratio['loss_abs_diff']:.1e}")
         if "goals_met" in section:
             lines.append(f"- goals {section['goals']}: {'met' if section['goals_met'] else 'NOT met'}")
+        if device == "cuda":
+            lines += cuda_goal_lines(section)
         lines.append("")
     path.write_text("\n".join(lines))
 

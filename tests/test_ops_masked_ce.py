@@ -314,7 +314,17 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def triton_version() -> tuple[int, int] | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("triton").split(".")[:2])
+
+
+# Triton 3.6's interpreter stops on this kernel (TypeError: only 0-dimensional arrays can be
+# converted to Python scalars) where the compiled kernel passes every CUDA test on an H200; 3.9's runs it.
+@pytest.mark.skipif((triton_version() or (0, 0)) < (3, 9), reason="needs triton >= 3.9 (its CPU interpreter)")
 def test_triton_row_kernel_under_the_cpu_interpreter():
     """The Triton kernel's arithmetic, run by TRITON_INTERPRET=1 on CPU tensors (no GPU needed),
     equals the PyTorch row kernel, over several vocabulary blocks and one that covers the row."""
