@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, ScoringPipeline
 
+from interleaved import best_of_interleaved
 from serve import benchmark_texts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -40,15 +40,8 @@ def run(models_dir: Path, corpus_dir: Path, n_docs: int, budgets: list[int], rep
     pipelines = {(p, b): ScoringPipeline.from_model_dirs(token_dir, doc_dir, make_scorer=lambda d, p=p: scorers[(p, d)], max_batch_tokens=b)
                  for p in MODEL_FILES for b in budgets}
     n_tokens = int(sum(len(e.ids) for e in pipelines[("fp32", BASELINE_BUDGET)].encode(texts)))
-    best = {key: float("inf") for key in pipelines}
-    probs = {}
-    for r in range(repeats):
-        for key, pipeline in pipelines.items():
-            t0 = time.perf_counter()
-            scored = pipeline.score(texts)
-            best[key] = min(best[key], time.perf_counter() - t0)
-            probs[key] = np.concatenate([np.append(s.token_probs, s.doc_score) for s in scored])
-            print(f"repeat {r + 1}/{repeats} {key[0]} {key[1]}: {n_tokens / (time.perf_counter() - t0):.0f} tokens/s", flush=True)
+    best, scored = best_of_interleaved({key: lambda p=p: p.score(texts) for key, p in pipelines.items()}, repeats)
+    probs = {key: np.concatenate([np.append(s.token_probs, s.doc_score) for s in docs]) for key, docs in scored.items()}
     rows = []
     for (precision, budget), seconds in best.items():
         baseline = (precision, BASELINE_BUDGET)

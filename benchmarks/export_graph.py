@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,8 @@ from tokfilter.modelcard import load_model_card
 from tokfilter.training.classifiers import build_model, load_split, sample_docs, score_split
 from tokfilter.training.export import OPSET, example_inputs, export_onnx, quantize_int8, quiet_exporters
 from tokfilter.windows import load_tokenizer
+
+from interleaved import best_of_interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BASELINE = "dynamo, sdpa"
@@ -79,14 +80,9 @@ def run(card_dir: Path, corpus_dir: Path, max_docs: int, repeats: int, threads: 
     with tempfile.TemporaryDirectory() as tmp:
         dirs = build_variants(card_dir, card.num_layers, Path(tmp))
         scorers = {(name, p): OnnxWindowScorer(d, precision=p, threads=threads) for name, d in dirs.items() for p in MODEL_FILES}
-        best = {key: float("inf") for key in scorers}
-        scores = {}
-        for r in range(repeats):
-            for key, scorer in scorers.items():
-                t0 = time.perf_counter()
-                scores[key] = score_split(scorer, card.max_length, card.stride, tokenizer, docs, card.task)[1]
-                best[key] = min(best[key], time.perf_counter() - t0)
-                print(f"repeat {r + 1}/{repeats} {key[0]} {key[1]}: {time.perf_counter() - t0:.2f}s", flush=True)
+        best, scores = best_of_interleaved(
+            {key: lambda s=s: score_split(s, card.max_length, card.stride, tokenizer, docs, card.task)[1] for key, s in scorers.items()},
+            repeats)
     rows = []
     for (name, precision), seconds in best.items():
         base = best[(BASELINE, precision)]

@@ -13,13 +13,14 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
 from tokfilter.training.classifiers import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
+
+from interleaved import best_of_interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -29,14 +30,8 @@ def run(model_dir: Path, corpus_dir: Path, split: str, max_docs: int, repeats: i
     tokenizer = load_tokenizer(model_dir / "tokenizer.json")
     scorers = {p: OnnxWindowScorer(model_dir, precision=p, threads=threads) for p in MODEL_FILES}
     card = scorers["fp32"].card
-    best = {p: float("inf") for p in MODEL_FILES}
-    outputs = {}
-    for r in range(repeats):
-        for precision, scorer in scorers.items():
-            t0 = time.perf_counter()
-            outputs[precision] = score_split(scorer, card.max_length, card.stride, tokenizer, docs, card.task)
-            best[precision] = min(best[precision], time.perf_counter() - t0)
-            print(f"repeat {r + 1}/{repeats} {precision}: {time.perf_counter() - t0:.2f}s", flush=True)
+    best, outputs = best_of_interleaved(
+        {p: lambda s=s: score_split(s, card.max_length, card.stride, tokenizer, docs, card.task) for p, s in scorers.items()}, repeats)
     n_tokens = int(sum(len(e.ids) for e in tokenizer.encode_batch([d["text"] for d in docs], add_special_tokens=False)))
     result = {
         "model_dir": str(model_dir),
