@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.scoring import (
     ScoredModel,
@@ -119,6 +120,30 @@ def test_whole_document_matches_a_single_onnx_call_when_it_fits(tiny_models_dir)
     ids = np.asarray([enc.ids], dtype=np.int64)
     direct = OnnxWindowScorer(model_dir)(ids, np.ones_like(ids))[0, 1:-1]
     np.testing.assert_allclose(result.token_probs, direct, atol=1e-5)
+
+
+def _onnxruntime_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(_onnxruntime_has_cuda(), reason="this onnxruntime has the CUDA provider")
+def test_cuda_scorer_without_onnxruntime_gpu_is_a_clear_error(tiny_models_dir):
+    with pytest.raises(TokfilterError, match="no CUDA provider.*tokfilter\\[gpu\\]"):
+        OnnxWindowScorer(tiny_models_dir / "token_classifier", device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _onnxruntime_has_cuda(), reason="needs onnxruntime-gpu (the CUDA provider)")
+def test_cuda_scores_equal_cpu_scores(tiny_models_dir):
+    model_dir = tiny_models_dir / "token_classifier"
+    ids = np.random.default_rng(0).integers(5, 500, (3, 40))
+    mask = np.ones_like(ids)
+    mask[1, 25:] = 0
+    cuda = OnnxWindowScorer(model_dir, device="cuda")
+    assert cuda.session.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(cuda(ids, mask)[mask == 1], OnnxWindowScorer(model_dir)(ids, mask)[mask == 1], atol=1e-4)
 
 
 def test_one_scorer_called_from_many_threads_runs_one_batch_at_a_time(tiny_models_dir):

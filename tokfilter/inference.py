@@ -21,12 +21,18 @@ def forget_probability(logits: np.ndarray) -> np.ndarray:
 
 
 def onnx_providers(device: str = "cpu") -> list[str]:
-    """Execution providers for ``device``: CUDA first when asked for and available."""
+    """Execution providers for ``device``: CUDA first when asked for and available.
+
+    For CUDA, the CUDA and cuDNN libraries are loaded first from the ``nvidia-*`` wheels (those of
+    PyTorch or of ``onnxruntime-gpu[cuda,cudnn]``) with ``onnxruntime.preload_dlls``, so that no
+    ``LD_LIBRARY_PATH`` set-up is needed."""
     import onnxruntime as ort
 
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise TokfilterError("device 'cuda' asked for, but onnxruntime has no CUDA provider (pip install 'tokfilter[gpu]')")
+        if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+            ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
@@ -66,6 +72,10 @@ class OnnxWindowScorer:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            # onnxruntime falls back to the CPU with only a log line when the CUDA libraries do not load
+            raise TokfilterError(f"device 'cuda' asked for, but ONNX Runtime could not start its CUDA provider for {path} "
+                                 "(CUDA 12/13 and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]')")
         self._one_run_at_a_time = threading.Lock()
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
