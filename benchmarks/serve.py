@@ -26,7 +26,7 @@ the results go to serve_cuda.json/.md beside the CPU ones. ``--skip-baseline`` l
 the b/d ratios, for a host without the pretrained encoder package that (d) loads.
 
     python benchmarks/serve.py [--models-dir artifacts/models] [--docs 64] [--concurrency 1,2,4,8,16,32]
-    python benchmarks/serve.py --docs 2048 --docs-per-request 16 --concurrency 1,4,16,64   # a GPU
+    python benchmarks/serve.py --docs 2048 --docs-per-request 16 --concurrency 1,4,16 --instances 2 --client-processes 4   # a GPU
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The shared document-scoring pipeline: batching, windowing and stitching through any scorer."""
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -130,8 +131,24 @@ def _onnxruntime_has_cuda() -> bool:
 
 @pytest.mark.skipif(_onnxruntime_has_cuda(), reason="this onnxruntime has the CUDA provider")
 def test_cuda_scorer_without_onnxruntime_gpu_is_a_clear_error(tiny_models_dir):
-    with pytest.raises(TokfilterError, match="no CUDA provider.*tokfilter\\[gpu\\]"):
+    with pytest.raises(TokfilterError, match="no CUDA provider: this is the CPU build.*pip install '\\.\\[gpu\\]'"):
         OnnxWindowScorer(tiny_models_dir / "token_classifier", device="cuda")
+
+
+@pytest.mark.skipif(_onnxruntime_has_cuda(), reason="this onnxruntime has the CUDA provider")
+def test_served_device_warns_when_onnxruntime_gpu_has_no_cuda_provider(monkeypatch):
+    import tokfilter.inference as inference
+
+    monkeypatch.delenv("TOKFILTER_DEVICE", raising=False)
+    monkeypatch.setattr(inference, "_installed", lambda distribution: True)  # both builds, as pip can leave them
+    with pytest.warns(RuntimeWarning, match="both installed, and the CPU one hides the CUDA provider"):
+        assert inference.served_device() == "cpu"
+
+
+def test_missing_onnxruntime_is_a_clear_error(tiny_models_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an install without the cpu/gpu extra sees
+    with pytest.raises(TokfilterError, match="ONNX Runtime is not installed.*'\\.\\[cpu\\]'"):
+        OnnxWindowScorer(tiny_models_dir / "token_classifier")
 
 
 @pytest.mark.cuda

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +22,60 @@ def forget_probability(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))).astype(np.float32)
 
 
+def import_onnxruntime():
+    """The ``onnxruntime`` module, or a TokfilterError saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise TokfilterError("ONNX Runtime is not installed: from the tokfilter checkout, pip install '.[cpu]' "
+                             "(or '.[gpu]' on a CUDA host)") from err
+    return onnxruntime
+
+
 def onnx_providers(device: str = "cpu") -> list[str]:
     """Execution providers for ``device``: CUDA first when asked for and available.
 
     For CUDA, the CUDA and cuDNN libraries are loaded first from the ``nvidia-*`` wheels (those of
     PyTorch or of ``onnxruntime-gpu[cuda,cudnn]``) with ``onnxruntime.preload_dlls``, so that no
     ``LD_LIBRARY_PATH`` set-up is needed."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise TokfilterError("device 'cuda' asked for, but onnxruntime has no CUDA provider (pip install 'tokfilter[gpu]')")
+            raise TokfilterError(f"device 'cuda' asked for, but onnxruntime has no CUDA provider: {cuda_install_hint()}")
         if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
             ort.preload_dlls()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        version(distribution)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def cuda_install_hint() -> str:
+    """How to get ONNX Runtime's CUDA provider, given what is installed now."""
+    if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
+        return ("onnxruntime and onnxruntime-gpu are both installed, and the CPU one hides the CUDA provider: "
+                "pip uninstall -y onnxruntime onnxruntime-gpu, then from the tokfilter checkout pip install '.[gpu]'")
+    return "this is the CPU build: pip uninstall -y onnxruntime, then from the tokfilter checkout pip install '.[gpu]'"
+
+
 def served_device() -> str:
     """The device the Triton models run on: ``TOKFILTER_DEVICE`` (cpu|cuda), else CUDA where
     onnxruntime has its CUDA provider (``onnxruntime-gpu``), else CPU."""
-    import onnxruntime as ort
-
-    return os.environ.get("TOKFILTER_DEVICE") or (
-        "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+    ort = import_onnxruntime()
+    if os.environ.get("TOKFILTER_DEVICE"):
+        return os.environ["TOKFILTER_DEVICE"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    if _installed("onnxruntime-gpu"):
+        warnings.warn(f"onnxruntime-gpu is installed but ONNX Runtime has no CUDA provider, so the models run on the CPU: "
+                      f"{cuda_install_hint()}", RuntimeWarning, stacklevel=2)
+    return "cpu"
 
 
 class OnnxWindowScorer:
@@ -58,8 +90,7 @@ class OnnxWindowScorer:
     """
 
     def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int | None = None, device: str = "cpu"):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         if precision not in MODEL_FILES:
             raise TokfilterError(f"precision must be one of {sorted(MODEL_FILES)}, got {precision!r}")
         self.model_dir = Path(model_dir)
@@ -75,7 +106,7 @@ class OnnxWindowScorer:
         if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # onnxruntime falls back to the CPU with only a log line when the CUDA libraries do not load
             raise TokfilterError(f"device 'cuda' asked for, but ONNX Runtime could not start its CUDA provider for {path} "
-                                 "(CUDA 12/13 and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]')")
+                                 "(its CUDA and cuDNN libraries did not load: from the tokfilter checkout pip install '.[gpu]')")
         self._one_run_at_a_time = threading.Lock()
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

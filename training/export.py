@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tokfilter.errors import TokfilterError
-from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
+from tokfilter.inference import MODEL_FILES, OnnxWindowScorer, import_onnxruntime
 from tokfilter.modelcard import ModelCard
 from tokfilter.training.classifiers import (
     ENCODER_NAME,
@@ -99,6 +99,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8 quantization, ORT's CPU fast path: int8 weights, and activations quantized at run
     time with one scale per tensor of a call. That scale spans the whole batch, so an int8 score
     moves with the windows batched alongside (benchmarks/results/batch_tokens.md); fp32 ones do not."""
+    import_onnxruntime()  # a clear error where neither the cpu nor the gpu extra is installed
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with quiet_exporters():
