@@ -277,7 +277,7 @@ def markdown(result: dict) -> str:
         f"Models: `{result['models_dir']}` ({result['model']['layers']} layers, max_length {result['model']['max_length']}); "
         f"{result['documents']} documents / {result['tokens']} tokens, {result['docs_per_request']} documents per request, "
         f"device {result['device']} (onnxruntime {result.get('onnxruntime', 'version not recorded')}), ORT threads {result['ort_threads']}, {result['max_batch_tokens']} padded tokens per model call, "
-        f"{result['request_tokens']} per FilterClient request, Triton instances per model: {instances}; {result['machine']['cpus']} CPUs shared with other jobs "
+        f"{result['request_tokens']} per FilterClient request, Triton instances per model: {instances}; {result['machine']['cpus']} CPUs "
         f"(load average {result['machine']['load_avg_start'][0]:.1f} at start, {result['machine']['load_avg_end'][0]:.1f} at end).",
         f"Triton vs in-process scores: max |diff| = {result['max_abs_diff_triton_vs_in_process']:.2e}.", "",
         "| path | concurrency | tokens/s | docs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|---:|",
