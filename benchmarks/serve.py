@@ -46,7 +46,7 @@ import numpy as np
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
-from tokfilter.inference import OnnxWindowScorer, served_device
+from tokfilter.inference import OnnxWindowScorer, import_onnxruntime, served_device
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_REQUEST_TOKENS, ScoringPipeline, max_batch_tokens_for
 
@@ -68,8 +68,8 @@ def benchmark_texts(corpus_dir: Path, n_docs: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def measure(name: str, score_request, requests: list[list[str]], concurrency: int, n_tokens: int) -> dict:
-    """Send ``requests`` with ``concurrency`` in flight; throughput and request latencies."""
+def send_requests(score_request, requests: list[list[str]], concurrency: int) -> list[float]:
+    """Send ``requests`` with ``concurrency`` in flight; the latency of each."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -79,11 +79,14 @@ def measure(name: str, score_request, requests: list[list[str]], concurrency: in
         with lock:
             latencies.append(time.perf_counter() - t0)
 
-    score_request(requests[0])  # warm-up: sessions, connections, first allocations
-    start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, requests))
-    elapsed = time.perf_counter() - start
+    return latencies
+
+
+def throughput_row(name: str, concurrency: int, elapsed: float, latencies: list[float], requests: list[list[str]],
+                   n_tokens: int) -> dict:
+    """One result row (tokens/s, documents/s, p50/p99 request latency), printed as it is made."""
     n_docs = sum(len(r) for r in requests)
     row = {
         "path": name, "concurrency": concurrency, "seconds": round(elapsed, 3),
@@ -93,6 +96,14 @@ def measure(name: str, score_request, requests: list[list[str]], concurrency: in
     print(f"{name:<28} c={concurrency:<3} {row['tokens_per_s']:>9.0f} tok/s {row['docs_per_s']:>7.1f} docs/s "
           f"p50 {row['p50_ms']:>8.1f} ms p99 {row['p99_ms']:>8.1f} ms", flush=True)
     return row
+
+
+def measure(name: str, score_request, requests: list[list[str]], concurrency: int, n_tokens: int) -> dict:
+    """Send ``requests`` with ``concurrency`` in flight, after one warm-up request."""
+    score_request(requests[0])  # warm-up: sessions, connections, first allocations
+    start = time.perf_counter()
+    latencies = send_requests(score_request, requests, concurrency)
+    return throughput_row(name, concurrency, time.perf_counter() - start, latencies, requests, n_tokens)
 
 
 def _client_process(grpc_url: str, token_dir: Path, request_tokens: int, concurrency: int, requests: list[list[str]],
@@ -105,15 +116,7 @@ def _client_process(grpc_url: str, token_dir: Path, request_tokens: int, concurr
         client.filter(requests[0])
         ready.put(os.getpid())
         start.wait()
-        latencies = []
-
-        def one(docs: list[str]) -> None:
-            t0 = time.perf_counter()
-            client.filter(docs)
-            latencies.append(time.perf_counter() - t0)
-
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, requests))
+        latencies = send_requests(client.filter, requests, concurrency)
     results.put(latencies)
 
 
@@ -135,15 +138,8 @@ def measure_client_processes(grpc_url: str, token_dir: Path, request_tokens: int
     elapsed = time.perf_counter() - t0
     for worker in workers:
         worker.join()
-    n_docs = sum(len(r) for r in requests)
-    row = {
-        "path": f"b-procs: FilterClient in {processes} processes", "concurrency": processes * concurrency,
-        "seconds": round(elapsed, 3), "tokens_per_s": round(n_tokens / elapsed, 1), "docs_per_s": round(n_docs / elapsed, 2),
-        "p50_ms": round(1000 * float(np.percentile(latencies, 50)), 1), "p99_ms": round(1000 * float(np.percentile(latencies, 99)), 1),
-    }
-    print(f"{row['path']:<28} c={row['concurrency']:<3} {row['tokens_per_s']:>9.0f} tok/s {row['docs_per_s']:>7.1f} docs/s "
-          f"p50 {row['p50_ms']:>8.1f} ms p99 {row['p99_ms']:>8.1f} ms", flush=True)
-    return row
+    return throughput_row(f"b-procs: FilterClient in {processes} processes", processes * concurrency, elapsed, latencies,
+                          requests, n_tokens)
 
 
 def best(rows: list[dict], prefix: str) -> dict:
@@ -251,17 +247,11 @@ def run(args: argparse.Namespace) -> dict:
                     "load_avg_end": list(os.getloadavg())},
         "max_abs_diff_triton_vs_in_process": max_diff, "rows": rows,
         "best": {"a": a, "b": b, "c": c, "d": d, "b_token": b_token, "b_token_int8": b_token_int8}, "ratios": ratios,
-        "goals": goals, "device": device, "onnxruntime": onnxruntime_version(),
+        "goals": goals, "device": device, "onnxruntime": import_onnxruntime().__version__,
         "gpu": (f"measured above on {gpu_name()}" if device == "cuda" else
                 "not in this run; on a CUDA host with onnxruntime-gpu this script runs every path on the GPU and writes "
                 "serve_cuda.md"),
     }
-
-
-def onnxruntime_version() -> str:
-    import onnxruntime as ort
-
-    return ort.__version__
 
 
 def gpu_name() -> str:
