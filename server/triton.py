@@ -8,12 +8,23 @@ finds its prefix by looking up ``python3`` on PATH: so it lands in this venv, wi
 editable tokfilter install, instead of the base interpreter's site-packages (whose numpy 2 makes
 every output tensor come back empty).
 The server runs in its own process group and is stopped with it, so no stub outlives it.
+
+Triton's administrative APIs (model repository: load with uploaded files, unload, index; shared
+memory; trace and log settings, which write files) answer only requests carrying the admin secret
+made at each start, on HTTP and gRPC alike, loopback too: without it anyone who reaches a port could
+load a python-backend model, that is run code in the server. With an API key, inference, metadata,
+model configs and statistics require it as well (header ``x-api-key``); health stays open for probes.
+Both values are on tritonserver's command line (it takes them nowhere else), readable by local users
+of the host unless ``/proc`` is mounted with ``hidepid``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -28,8 +39,15 @@ from tokfilter.errors import TokfilterError
 from tokfilter.paths import ARTIFACTS
 
 PR_SET_PDEATHSIG = 1
-PYTRITON_DIR = Path(sysconfig.get_paths()["purelib"]) / "pytriton" / "tritonserver"
+# found through the installed package, not this interpreter's site-packages: a venv may take its
+# dependencies from another environment's (a .pth line), as the installed-package test does
+PYTRITON_SITE = Path(importlib.util.find_spec("pytriton").submodule_search_locations[0]).parent
+PYTRITON_DIR = PYTRITON_SITE / "pytriton" / "tritonserver"
 BACKENDS_DIR = ARTIFACTS / "triton_backends"
+ADMIN_HEADER = "tokfilter-admin-key"
+API_KEY_HEADER = "x-api-key"
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+KEYED_APIS = ("inference", "metadata", "model-config", "statistics")  # with an API key; health stays open
 
 
 def prepare_backends(dest: Path = BACKENDS_DIR) -> Path:
@@ -46,8 +64,7 @@ def prepare_backends(dest: Path = BACKENDS_DIR) -> Path:
 
 def triton_environment() -> dict[str, str]:
     env = dict(os.environ)
-    site_dir = sysconfig.get_paths()["purelib"]
-    libs = [sysconfig.get_config_var("LIBDIR"), str(Path(site_dir) / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")]
+    libs = [sysconfig.get_config_var("LIBDIR"), str(PYTRITON_SITE / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
     env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.prefix) / "bin"), env.get("PATH", "")) if p)
     return env
@@ -56,6 +73,7 @@ def triton_environment() -> dict[str, str]:
 def check_port_free(host: str, port: int, flag: str) -> None:
     """Raise a TokfilterError naming ``flag`` when ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a listener blocks, TIME_WAIT does not
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -66,6 +84,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def check_api_key(api_key: str) -> None:
+    """An API key travels as a header value on every protocol: printable ASCII, no spaces."""
+    if not re.fullmatch(r"[!-~]{8,}", api_key):
+        raise TokfilterError("--api-key must be at least 8 printable ASCII characters without spaces")
+
+
+def restricted_api_flags(admin_secret: str, api_key: str | None) -> list[str]:
+    """tritonserver flags that close the admin APIs to all but ``admin_secret`` and, with
+    ``api_key``, the inference APIs to all but it (``<apis>:<header>=<value>``, one group per API)."""
+    groups = [(ADMIN_APIS, ADMIN_HEADER, admin_secret)] + ([(KEYED_APIS, API_KEY_HEADER, api_key)] if api_key else [])
+    return [f"--{flag}={','.join(apis)}:{header}={value}"
+            for apis, header, value in groups for flag in ("http-restricted-api", "grpc-restricted-protocol")]
 
 
 def die_with_parent() -> None:
@@ -99,6 +131,12 @@ class TritonProcess:
     grpc_port: int
     metrics_port: int
     log_path: Path
+    admin_secret: str
+    api_key: str | None = None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self.admin_secret}
 
     @property
     def http_url(self) -> str:
@@ -134,16 +172,31 @@ class TritonProcess:
 
         client = httpclient.InferenceServerClient(self.http_url, network_timeout=600.0, connection_timeout=600.0)
         try:
-            client.load_model(model, config=config_json)
+            client.load_model(model, headers=self.admin_headers, config=config_json)
         except InferenceServerException as err:
             raise TokfilterError(f"Triton could not load model {model!r}: {err}\n{self.log_tail()}") from err
+        finally:
+            client.close()
+
+    def unload(self, model: str) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url, network_timeout=600.0, connection_timeout=600.0)
+        try:
+            client.unload_model(model, headers=self.admin_headers)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         stop_process_group(self.proc)
 
 
-def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_path: Path) -> TritonProcess:
-    """Start tritonserver on ``repo`` with no model loaded; raise a clear error for a taken port."""
+def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_path: Path,
+                 api_key: str | None = None) -> TritonProcess:
+    """Start tritonserver on ``repo`` with no model loaded, its admin APIs behind a fresh secret and,
+    with ``api_key``, its inference APIs behind the key; raise a clear error for a taken port."""
+    if api_key:
+        check_api_key(api_key)
     for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
         check_port_free(host, port, flag)
     backends = prepare_backends()
@@ -157,11 +210,13 @@ def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_
         f"--metrics-address={host}", f"--metrics-port={metrics_port}",
         "--allow-metrics=true", "--log-verbose=" + os.environ.get("TOKFILTER_TRITON_VERBOSE", "0"),
     ]
+    admin_secret = secrets.token_urlsafe(32)
+    cmd += restricted_api_flags(admin_secret, api_key)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=triton_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=die_with_parent)
-    triton = TritonProcess(proc, host, http_port, grpc_port, metrics_port, log_path)
+    triton = TritonProcess(proc, host, http_port, grpc_port, metrics_port, log_path, admin_secret, api_key)
     try:
         triton.wait_live()
     except BaseException:
