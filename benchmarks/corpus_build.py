@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tokfilter.training.corpus import SPLITS, build_corpus, default_lexicon, load_sources, read_corpus
-from tokfilter.training.weak_labels import WORD
+from tokfilter.training.corpus.build import SPLITS, build_corpus, default_lexicon, load_sources, read_corpus
+from tokfilter.training.corpus.weak_labels import WORD
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BUILD_GOAL_SECONDS = 180.0

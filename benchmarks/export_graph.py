@@ -1,4 +1,4 @@
-"""Which exported graph ONNX Runtime runs fastest: the export choice of ``training/export.py``.
+"""Which exported graph ONNX Runtime runs fastest: the export choice of ``training/classifier/export.py``.
 
 The same token model (the pretrained encoder cut to the default depth, with a fresh head: speed
 does not depend on the weights) is exported three ways, each in fp32 and int8:
@@ -31,8 +31,8 @@ import torch
 from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
-from tokfilter.training.classifiers import build_model, load_split, sample_docs, score_split
-from tokfilter.training.export import OPSET, example_inputs, export_onnx, quantize_int8, quiet_exporters
+from tokfilter.training.classifier.export import OPSET, example_inputs, export_onnx, quantize_int8, quiet_exporters
+from tokfilter.training.classifier.train import build_model, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
 from interleaved import best_of_interleaved

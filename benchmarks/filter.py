@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from tokfilter import paths
-from tokfilter.clients.corpus_filter import FilterSettings, run_local
-from tokfilter.clients.shards import open_shards
+from tokfilter.clients.engines.local import FilterSettings, run_local
+from tokfilter.clients.shards.writer import open_shards
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import ScoredModel, ScoringPipeline, plan_batches

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from tokfilter.training.ops.masked_ce import masked_linear_cross_entropy, masked_linear_cross_entropy_reference
+from tokfilter.training.pretrain.ops.masked_ce import masked_linear_cross_entropy, masked_linear_cross_entropy_reference
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = {"cpu": (8192, 512, 32768, "float32"), "cuda": (32768, 4096, 128256, "bfloat16")}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tokfilter import paths
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
-from tokfilter.training.classifiers import binary_metrics, load_split, sample_docs, score_split
+from tokfilter.training.classifier.train import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
 from interleaved import best_of_interleaved

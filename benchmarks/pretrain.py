@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tokfilter.training.model import GPT, config_for_size
-from tokfilter.training.pretrain import make_optimizer
+from tokfilter.training.pretrain.model import GPT, config_for_size
+from tokfilter.training.pretrain.train import make_optimizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 0.9

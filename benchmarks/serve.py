@@ -153,7 +153,7 @@ def transformers_baseline(token_dir: Path, threads: int, device: str):
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedTokenizerFast, pipeline
 
-    from tokfilter.training.classifiers import encoder_path
+    from tokfilter.training.classifier.train import encoder_path
 
     torch.set_num_threads(threads)
     card = load_model_card(token_dir)

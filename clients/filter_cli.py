@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tokfilter import paths
-from tokfilter.clients.corpus_filter import ON_ERROR, FilterSettings, run_local
+from tokfilter.clients.engines.local import ON_ERROR, FilterSettings, run_local
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS
 
 DEFAULTS = FilterSettings()
@@ -66,7 +66,7 @@ def summary(manifest: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.engine == "ray":
-        from tokfilter.clients.ray_engine import run_ray
+        from tokfilter.clients.engines.ray import run_ray
 
         manifest = run_ray(args.inputs, args.out, settings, resume=args.resume, address=args.ray_address,
                            actors=args.ray_actors, show_progress=not args.no_progress)

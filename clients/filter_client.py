@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import forget_probability
-from tokfilter.modelcard import load_model_card
+from tokfilter.modelcard import config_parameters, load_model_card
 from tokfilter.paths import TOKEN_MODEL_DIR
 from tokfilter.scoring import (
     DEFAULT_REQUEST_TOKENS,
@@ -26,7 +27,6 @@ from tokfilter.scoring import (
     ScoredModel,
     ScoringPipeline,
 )
-from tokfilter.server.model_repo import config_parameters, file_sha256
 from tokfilter.windows import load_tokenizer
 
 TOKEN_MODEL, DOC_MODEL = "token_classifier", "doc_classifier"

@@ -9,7 +9,6 @@ copied there first, so tests and benchmarks never touch the shared tree.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import load_model_card
 from tokfilter.paths import MODEL_REPO_DIR, MODELS_DIR
@@ -33,12 +33,6 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (text_format.ParseError, OSError) as err:
         raise TokfilterError(f"invalid Triton model config {path}: {err}") from err
-
-
-def config_parameters(config: dict) -> dict[str, str]:
-    """The string parameters of a model config in Triton's JSON form; an empty value has no
-    ``string_value`` key there (protobuf JSON leaves out defaults)."""
-    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
 def served_config(repo: Path, model: str, instances: int | None, ort_threads: int | None, precision: str | None) -> str:
@@ -62,10 +56,6 @@ def served_config(repo: Path, model: str, instances: int | None, ort_threads: in
     if precision is not None:
         config.parameters["precision"].string_value = precision
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def missing_model_files(repo: Path) -> list[Path]:

@@ -24,8 +24,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from tokfilter.inference import OnnxWindowScorer, served_device
+from tokfilter.modelcard import config_parameters
 from tokfilter.scoring import ScoringPipeline, max_batch_tokens_for, score_window_requests
-from tokfilter.server.model_repo import config_parameters
 
 
 def scorer_factory(parameters: dict, device: str):

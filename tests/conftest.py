@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_corpus_dir(tmp_path_factory) -> Path:
     """The tiny build of the demo corpus (seconds): train/validation/test.jsonl, items.jsonl, manifest.json."""
-    from tokfilter.training.corpus import build_corpus
+    from tokfilter.training.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     build_corpus(out, seed=0, size="tiny")
@@ -25,7 +25,7 @@ def tiny_corpus_dir(tmp_path_factory) -> Path:
 def tiny_models_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
     """``token_classifier/`` and ``doc_classifier/`` exported from a 1-layer MiniLM trained a few steps
     (model.onnx, model.int8.onnx, tokenizer.json, tokfilter.json)."""
-    from tokfilter.training.classifiers import TrainConfig, train_classifier
+    from tokfilter.training.classifier.train import TrainConfig, train_classifier
 
     out = tmp_path_factory.mktemp("tiny_models")
     for task, name in (("token", "token_classifier"), ("document", "doc_classifier")):

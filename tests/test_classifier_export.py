@@ -8,8 +8,8 @@ import pytest
 from tokfilter.cli import main as cli_main
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
-from tokfilter.training.classifiers import binary_metrics, build_model, encoder_path, load_split, score_split, torch_score_fn
-from tokfilter.training.export import PARITY_TOLERANCE, export_onnx, onnx_opset, quantize_int8
+from tokfilter.training.classifier.train import binary_metrics, build_model, encoder_path, load_split, score_split, torch_score_fn
+from tokfilter.training.classifier.export import PARITY_TOLERANCE, export_onnx, onnx_opset, quantize_int8
 from tokfilter.windows import load_tokenizer, pad_batch
 
 

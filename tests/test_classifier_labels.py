@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokfilter.training.classifiers import (
+from tokfilter.training.classifier.train import (
     IGNORE,
     calibrate_thresholds,
     encoder_path,

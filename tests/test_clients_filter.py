@@ -17,10 +17,10 @@ import zstandard
 from tokfilter.clients import MaskedShards
 from dataclasses import replace
 
-from tokfilter.clients.corpus_filter import FilterSettings, run_local
-from tokfilter.clients.shards import open_shards
+from tokfilter.clients.engines.local import FilterSettings, run_local
+from tokfilter.clients.shards.writer import open_shards
 from tokfilter.errors import TokfilterError
-from tokfilter.training.target_tokenizer import corpus_texts, train_target_tokenizer
+from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 
 @pytest.fixture(scope="module")

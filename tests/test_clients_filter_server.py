@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from tokfilter.clients.corpus_filter import FilterSettings, run_local
-from tokfilter.clients.shards import open_shards
+from tokfilter.clients.engines.local import FilterSettings, run_local
+from tokfilter.clients.shards.writer import open_shards
 from tokfilter.server.model_repo import place_models
 from tokfilter.server.serve import running_server
 from tokfilter.server.triton import free_port
-from tokfilter.training.target_tokenizer import corpus_texts, train_target_tokenizer
+from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 
 @pytest.fixture(scope="module")

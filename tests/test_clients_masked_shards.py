@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokfilter.clients import MaskedShards
-from tokfilter.clients.shards import MANIFEST, ShardWriter, open_shards, remove_unlisted_shards
+from tokfilter.clients.shards.writer import MANIFEST, ShardWriter, open_shards, remove_unlisted_shards
 from tokfilter.errors import TokfilterError
 
 EOT, HIDDEN = 0, 1

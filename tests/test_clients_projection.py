@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tokfilter.clients.projection import TargetTokenizer, owned_spans, project
 from tokfilter.errors import TokfilterError
-from tokfilter.training.target_tokenizer import train_target_tokenizer
+from tokfilter.training.pretrain.tokenizer import train_target_tokenizer
 
 TEXTS = ["The patient was given insulin for diabetes.", "Cells divide by mitosis; the genome is copied.",
          "naïve café — 😀 emoji and ünïcödé text", "  leading spaces\tand\ttabs\n\nnew lines  "] * 20

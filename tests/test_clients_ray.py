@@ -2,9 +2,9 @@
 
 import ray
 
-from tokfilter.clients.corpus_filter import FilterSettings, run_local
-from tokfilter.clients.ray_engine import run_ray
-from tokfilter.training.target_tokenizer import corpus_texts, train_target_tokenizer
+from tokfilter.clients.engines.local import FilterSettings, run_local
+from tokfilter.clients.engines.ray import run_ray
+from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 
 def test_ray_engine_matches_the_local_engine(tiny_corpus_dir, tiny_models_dir, tmp_path):

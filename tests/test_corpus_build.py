@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tokfilter.errors import TokfilterError
-from tokfilter.training.corpus import DOMAINS, SPLITS, build_corpus, read_corpus
-from tokfilter.training.weak_labels import spans_are_valid
+from tokfilter.training.corpus.build import DOMAINS, SPLITS, build_corpus, read_corpus
+from tokfilter.training.corpus.weak_labels import spans_are_valid
 
 CORPUS_FILES = [f"{split}.jsonl" for split in SPLITS] + ["items.jsonl", "manifest.json"]
 

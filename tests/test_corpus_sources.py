@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tokfilter.errors import TokfilterError
-from tokfilter.training import sources
+from tokfilter.training.corpus import sources
 
 
 def _first_sense(lemma: str) -> str:

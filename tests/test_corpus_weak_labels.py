@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokfilter.training.weak_labels import (
+from tokfilter.training.corpus.weak_labels import (
     WORD,
     build_lexicon,
     flip_labels,

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokfilter.training.ops import masked_linear_cross_entropy
-from tokfilter.training.ops.masked_ce import (
+from tokfilter.training.pretrain.ops import masked_linear_cross_entropy
+from tokfilter.training.pretrain.ops.masked_ce import (
     _MaskedLinearCrossEntropy,
     masked_linear_cross_entropy_reference,
     softmax_grad_rows_torch,
@@ -255,7 +255,7 @@ def test_triton_vocab_spanning_several_blocks(dtype, scale):
 @pytest.mark.cuda
 @requires_cuda_triton
 def test_triton_row_kernel_equals_torch_row_kernel():
-    from tokfilter.training.ops.masked_ce_triton import softmax_grad_rows_triton
+    from tokfilter.training.pretrain.ops.masked_ce_triton import softmax_grad_rows_triton
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     logits = torch.randn(37, 5003, device="cuda", generator=gen) * 8
@@ -283,8 +283,8 @@ def test_triton_all_masked_batch_gives_zero_loss_and_zero_grads(reduction):
 
 INTERPRETER_CHECK = """
 import torch
-import tokfilter.training.ops.masked_ce_triton as kernels
-from tokfilter.training.ops.masked_ce import softmax_grad_rows_torch
+import tokfilter.training.pretrain.ops.masked_ce_triton as kernels
+from tokfilter.training.pretrain.ops.masked_ce import softmax_grad_rows_torch
 
 jitted = kernels._softmax_grad_rows_kernel.fn  # the interpreter cannot autotune: run one config
 

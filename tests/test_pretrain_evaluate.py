@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from tokfilter.training.evaluate import (
+from tokfilter.training.pretrain.evaluate import (
     EvalConfig, Evaluator, FORGET, build_questions, chunk_sequence, score_sequences,
 )
-from tokfilter.training.model import GPT, config_for_size
-from tokfilter.training.target_tokenizer import corpus_texts, train_target_tokenizer
+from tokfilter.training.pretrain.model import GPT, config_for_size
+from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 items_strategy = st.lists(
     st.fixed_dictionaries({

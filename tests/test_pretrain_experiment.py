@@ -9,10 +9,12 @@ from hypothesis import given, settings, strategies as st
 
 from tokfilter.cli import main as cli_main
 from tokfilter.errors import TokfilterError
-from tokfilter.training.experiment import (
-    ExperimentConfig, claim_multiple_choice, claim_token_beats_document, claim_work_dir, config_path, fit_power_law, interpolate_at,
-    loss_matched_compute_ratio, run_experiment, threshold_for_fraction,
+from tokfilter.training.experiments.claims import (
+    claim_multiple_choice, claim_token_beats_document, fit_power_law, interpolate_at, loss_matched_compute_ratio,
 )
+from tokfilter.training.experiments.config import ExperimentConfig, config_path
+from tokfilter.training.experiments.grid import claim_work_dir, threshold_for_fraction
+from tokfilter.training.experiments.run import run_experiment
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from tokfilter.errors import TokfilterError
-from tokfilter.training.model import GPT, SIZES, apply_rope, config_for_size, load_model, rope_tables, save_model
-from tokfilter.training.pretrain import learning_rate
+from tokfilter.training.pretrain.model import GPT, SIZES, apply_rope, config_for_size, load_model, rope_tables, save_model
+from tokfilter.training.pretrain.train import learning_rate
 
 
 def test_model_is_causal():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tokfilter.cli import main as cli_main
-from tokfilter.clients.shards import ShardWriter
+from tokfilter.clients.shards.writer import ShardWriter
 from tokfilter.errors import TokfilterError
-from tokfilter.training.pretrain import PretrainConfig, shard_batches, train
+from tokfilter.training.pretrain.train import PretrainConfig, shard_batches, train
 
 EOT, HIDDEN, VOCAB = 0, 1, 32
 

@@ -24,8 +24,8 @@ from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.paths import MODEL_REPO_DIR
 from tokfilter.scoring import ScoringPipeline, hide_spans, safe_text
-from tokfilter.modelcard import load_model_card
-from tokfilter.server.model_repo import SERVED_MODELS, WINDOW_MODELS, config_parameters, place_models
+from tokfilter.modelcard import config_parameters, load_model_card
+from tokfilter.server.model_repo import SERVED_MODELS, WINDOW_MODELS, place_models
 from tokfilter.server.serve import running_server
 from tokfilter.server.triton import free_port
 from tokfilter.windows import pad_batch

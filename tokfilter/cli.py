@@ -14,16 +14,16 @@ from tokfilter.errors import TokfilterError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build-corpus": ("tokfilter.training.corpus", "build the seeded demo corpus with weak labels"),
-    "train-classifier": ("tokfilter.training.classifiers", "train, calibrate and export a classifier to ONNX"),
-    "eval-classifier": ("tokfilter.training.eval_classifier", "evaluate the exported classifiers on the test split"),
+    "build-corpus": ("tokfilter.training.corpus.build", "build the seeded demo corpus with weak labels"),
+    "train-classifier": ("tokfilter.training.classifier.train", "train, calibrate and export a classifier to ONNX"),
+    "eval-classifier": ("tokfilter.training.classifier.evaluate", "evaluate the exported classifiers on the test split"),
     "model-repo": ("tokfilter.server.model_repo", "place the exported models into the Triton model repository"),
     "serve": ("tokfilter.server.serve", "start Triton and the REST gateway"),
-    "train-tokenizer": ("tokfilter.training.target_tokenizer", "train the BPE tokenizer used for pretraining"),
+    "train-tokenizer": ("tokfilter.training.pretrain.tokenizer", "train the BPE tokenizer used for pretraining"),
     "filter": ("tokfilter.clients.filter_cli", "stream a corpus through the filter and write masked shards"),
-    "pretrain": ("tokfilter.training.pretrain", "masked pretraining of a small GPT on shards"),
-    "evaluate": ("tokfilter.training.evaluate", "held-out losses, multiple choice and adversarial fine-tuning"),
-    "experiment": ("tokfilter.training.experiment", "run a grid of pretraining runs and write a report"),
+    "pretrain": ("tokfilter.training.pretrain.train", "masked pretraining of a small GPT on shards"),
+    "evaluate": ("tokfilter.training.pretrain.evaluate", "held-out losses, multiple choice and adversarial fine-tuning"),
+    "experiment": ("tokfilter.training.experiments.run", "run a grid of pretraining runs and write a report"),
     "demo": ("tokfilter.demo", "build what is missing and run the system end to end"),
 }
 

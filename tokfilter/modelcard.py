@@ -50,3 +50,10 @@ def load_model_card(model_dir: Path | str) -> ModelCard:
         return ModelCard(**data)
     except (json.JSONDecodeError, TypeError) as err:
         raise TokfilterError(f"model card {path} is not valid: {err}") from err
+
+
+def config_parameters(config: dict) -> dict[str, str]:
+    """The string parameters of a model config in Triton's JSON form, where the server publishes a
+    served model's card fields; an empty value has no ``string_value`` key there (protobuf JSON
+    leaves out defaults)."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}

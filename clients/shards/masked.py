@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tokfilter.clients.shards import open_shards
+from tokfilter.clients.shards.writer import open_shards
 from tokfilter.errors import TokfilterError
 
 MODES = ("nomask", "document", "mask", "remove")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import CORPUS_DIR
-from tokfilter.training import sources
-from tokfilter.training.sources import SourceInfo, SourceItem
-from tokfilter.training.weak_labels import Lexicon, build_lexicon, count_words, flip_labels, label_document
+from tokfilter.training.corpus import sources
+from tokfilter.training.corpus.sources import SourceInfo, SourceItem
+from tokfilter.training.corpus.weak_labels import Lexicon, build_lexicon, count_words, flip_labels, label_document
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)

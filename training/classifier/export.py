@@ -20,7 +20,7 @@ import torch
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer, import_onnxruntime
 from tokfilter.modelcard import ModelCard
-from tokfilter.training.classifiers import (
+from tokfilter.training.classifier.train import (
     ENCODER_NAME,
     LABELS,
     TrainConfig,

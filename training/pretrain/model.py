@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokfilter.errors import TokfilterError
-from tokfilter.training.ops import masked_linear_cross_entropy
+from tokfilter.training.pretrain.ops import masked_linear_cross_entropy
 
 IGNORE_INDEX = -100
 

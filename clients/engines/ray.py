@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokfilter.clients.corpus_filter import (
+from tokfilter.clients.engines.local import (
     ChunkFilter,
     FilteredDoc,
     FilterSettings,

@@ -24,7 +24,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.clients.projection import TargetTokenizer, project
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
-from tokfilter.clients.shards import (
+from tokfilter.clients.shards.writer import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,

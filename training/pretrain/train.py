@@ -21,7 +21,7 @@ import torch
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
-from tokfilter.training.model import GPT, config_for_size, save_model, SIZES
+from tokfilter.training.pretrain.model import GPT, config_for_size, save_model, SIZES
 
 RUN_TYPES = ("nomask", "document", "mask", "remove")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -199,7 +199,7 @@ def _select_row_kernel(backend: str, hidden: torch.Tensor) -> RowKernel:
     if backend == "torch" or not hidden.is_cuda or hidden.dtype not in TRITON_DTYPES:
         return softmax_grad_rows_torch
     try:
-        from tokfilter.training.ops.masked_ce_triton import softmax_grad_rows_triton
+        from tokfilter.training.pretrain.ops.masked_ce_triton import softmax_grad_rows_triton
     except ImportError:
         if backend == "triton":
             raise ValueError("backend='triton' needs the triton package, which does not import") from None

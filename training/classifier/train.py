@@ -76,7 +76,7 @@ def encoder_path() -> Path:
 
 def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
     """All documents of ``{corpus_dir}/{split}.jsonl``; a missing, empty or malformed file is a user error."""
-    from tokfilter.training.corpus import read_corpus
+    from tokfilter.training.corpus.build import read_corpus
 
     path = Path(corpus_dir) / f"{split}.jsonl"
     docs = list(read_corpus(path))
@@ -395,7 +395,7 @@ def validate_config(config: TrainConfig) -> None:
 
 def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threads: int | None = None, log=sys.stderr) -> dict:
     """Train, calibrate on validation, export ONNX fp32 + int8 and write the model card; returns the card."""
-    from tokfilter.training.export import export_classifier
+    from tokfilter.training.classifier.export import export_classifier
     from tokfilter.windows import load_tokenizer
 
     validate_config(config)

@@ -25,7 +25,7 @@ import torch
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
-from tokfilter.training.model import GPT, IGNORE_INDEX, load_model
+from tokfilter.training.pretrain.model import GPT, IGNORE_INDEX, load_model
 from tokfilter.windows import load_tokenizer
 
 DOMAINS = ("medicine", "biology", "general")

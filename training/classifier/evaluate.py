@@ -18,7 +18,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
-from tokfilter.training.classifiers import binary_metrics, load_split, sample_docs, score_split
+from tokfilter.training.classifier.train import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
 PR_CURVE_FILE = "pr_curve.png"

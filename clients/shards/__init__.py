@@ -1,0 +1,1 @@
+"""tokfilter.clients.shards: the shard format (writer) and the training-side reader of masked shards (masked)."""

@@ -1,0 +1,78 @@
+"""A grid of pretraining runs and its report (``tokfilter experiment CONFIG``).
+
+Run types x model sizes x filtering thresholds, each pretrained on the same masked shards with the
+same unmasked-token budget, then evaluated on the held-out test split. Writes ``results.json``,
+``report.md`` and PNG plots, and states each claim of issue 6 with its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tokfilter import paths
+from tokfilter.training.experiments.claims import analyse, claim_status
+from tokfilter.training.experiments.config import ExperimentConfig, config_path
+from tokfilter.training.experiments.grid import prepare_inputs, run_grid
+from tokfilter.training.experiments.report import plot_all, write_report
+
+RESULTS_DIR = paths.REPO_ROOT / "benchmarks" / "results"
+
+
+def run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
+                   out_dir: Path, threads: int | None = None) -> dict:
+    """Build inputs, run the grid, analyse, plot and write the report; returns the results."""
+    import torch
+
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # small models on a shared machine: fewer threads is often faster
+    try:
+        return _run_experiment(config, corpus_dir, models_dir, tokenizer, work_dir, out_dir, threads, start)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
+                    out_dir: Path, threads: int | None, start: float) -> dict:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = prepare_inputs(config, Path(corpus_dir), Path(models_dir), Path(tokenizer), work_dir, threads)
+    runs = run_grid(config, inputs, work_dir)
+    analysis = analyse(runs, config.sizes)
+    plots = plot_all(runs, analysis, config, out_dir)
+    elapsed = time.perf_counter() - start
+    results = {"config": asdict(config), "inputs": {k: str(v) for k, v in asdict(inputs).items()}, "runs": runs,
+               "analysis": analysis, "elapsed_s": elapsed}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=lambda x: None if x == math.inf else str(x)))
+    write_report(config, inputs, runs, analysis, plots, out_dir, elapsed)
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default="small", help="config JSON or a name in training/experiments/configs/ (smoke, small)")
+    parser.add_argument("--work", type=Path, default=None, help="inputs, shards and runs (default artifacts/experiments/<name>)")
+    parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default WORK/corpus, built at the config's corpus_size)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="dir with token_classifier/ and doc_classifier/ (default WORK/models, trained if missing; "
+                             "with label_noise > 0 the config's noisy classifiers are trained in WORK instead)")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="target tokenizer.json (default WORK/tokenizer.json, trained if missing)")
+    parser.add_argument("--out", type=Path, default=None, help="report dir (default benchmarks/results/experiment_<name>)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = ExperimentConfig.load(config_path(args.config))
+    work = args.work or paths.ARTIFACTS / "experiments" / config.name
+    out = args.out or RESULTS_DIR / f"experiment_{config.name}"
+    results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
+                             args.tokenizer or work / "tokenizer.json", work, out, args.threads)
+    for claim in results["analysis"]["claims"]:
+        print(f"{claim_status(claim).upper()}: {claim['claim']}")
+    print(f"report: {out / 'report.md'}")
+    return 0
