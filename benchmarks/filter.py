@@ -31,8 +31,8 @@ from tokfilter.clients.engines.local import FilterSettings, run_local
 from tokfilter.clients.shards.writer import open_shards
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
-from tokfilter.scoring import ScoredModel, ScoringPipeline, plan_batches
-from tokfilter.windows import pad_batch, plan_windows
+from tokfilter.scoring import ScoringPipeline, plan_batches
+from tokfilter.windows import pad_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,22 +43,13 @@ def raw_model_seconds(pipeline: ScoringPipeline, texts: list[str], buffer_docs: 
     for lo in range(0, len(texts), buffer_docs):
         encoded = pipeline.encode(texts[lo : lo + buffer_docs])
         for model in (pipeline.token_model, pipeline.doc_model):
-            sequences = window_sequences(pipeline, model, encoded)
+            _, _, sequences = pipeline.window_inputs(model, encoded)
             for batch in plan_batches([len(s) for s in sequences], pipeline.max_batch_tokens, pipeline.max_batch_size):
                 ids, mask = pad_batch([sequences[i] for i in batch])
                 start = time.perf_counter()
                 model.scorer(ids, mask)
                 total += time.perf_counter() - start
     return total
-
-
-def window_sequences(pipeline: ScoringPipeline, model: ScoredModel, encoded: list) -> list[np.ndarray]:
-    max_content = model.max_length - len(pipeline.prefix) - len(pipeline.suffix)
-    stride = min(model.stride, max_content - 1)
-    return [
-        np.concatenate([pipeline.prefix, enc.ids[w.start : w.end], pipeline.suffix]).astype(np.int64)
-        for enc in encoded for w in plan_windows(len(enc.ids), max_content, stride)
-    ]
 
 
 def flagged_by_doc(out_dir: Path, threshold: float) -> dict[str, np.ndarray]:

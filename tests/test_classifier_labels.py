@@ -12,11 +12,10 @@ from tokfilter.training.classifier.train import (
     make_windows,
     sample_docs,
     encode_documents,
-    special_ids,
     token_labels_from_spans,
     upsample_positive_windows,
 )
-from tokfilter.windows import load_tokenizer
+from tokfilter.windows import WindowSequences, load_tokenizer
 
 
 def test_labels_on_hand_made_sentence():
@@ -57,7 +56,8 @@ def test_labels_match_character_overlap(tokens, spans):
 
 def test_windows_keep_labels_aligned_with_tokens():
     tokenizer = load_tokenizer(encoder_path() / "tokenizer.json")
-    cls_id, sep_id, _ = special_ids(tokenizer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    sequences = WindowSequences.for_tokenizer(tokenizer, max_length=24, stride=6)
     benign = "The river flows past the mill and the town. " * 6
     medical = "Acute appendicitis requires appendectomy. "
     text = benign + medical + benign
@@ -65,14 +65,14 @@ def test_windows_keep_labels_aligned_with_tokens():
     doc = {"text": text, "meta": {"label_spans": [[start, start + len(medical) - 1]],
                                   "passages": [{"start": start, "end": start + len(medical), "domain": "medicine"}]}}
     encoded = encode_documents(tokenizer, [doc])
-    windows = make_windows(encoded, "token", max_length=24, stride=6, cls_id=cls_id, sep_id=sep_id)
+    windows = make_windows(encoded, "token", sequences)
     assert len(windows) > 3
     for ids, labels in windows:
         assert len(ids) == len(labels) <= 24
         assert ids[0] == cls_id and ids[-1] == sep_id and labels[0] == labels[-1] == IGNORE
     positive_tokens = {int(i) for ids, labels in windows for i, lab in zip(ids, labels) if lab == 1}
     assert positive_tokens == set(tokenizer.encode(medical.strip(), add_special_tokens=False).ids)
-    doc_windows = make_windows(encoded, "document", max_length=24, stride=6, cls_id=cls_id, sep_id=sep_id)
+    doc_windows = make_windows(encoded, "document", sequences)
     assert 0 < sum(int(lab) for _, lab in doc_windows) < len(doc_windows)
 
 

@@ -120,6 +120,6 @@ def test_gap_between_flagged_words_is_flagged_but_not_beside_benign_ones():
 
 
 def test_pad_batch():
-    ids, mask = pad_batch([np.array([5, 6, 7]), np.array([8])], pad_id=0)
+    ids, mask = pad_batch([np.array([5, 6, 7]), np.array([8])])
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert ids.dtype == np.int64

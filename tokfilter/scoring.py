@@ -30,10 +30,11 @@ from tokfilter.modelcard import ModelCard, load_model_card
 from tokfilter.windows import (
     Span,
     Window,
+    WindowSequences,
     char_probabilities,
     load_tokenizer,
     pad_batch,
-    plan_windows,
+    special_tokens,
     spans_from_char_probs,
     stitch_window_scores,
 )
@@ -159,15 +160,6 @@ def safe_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
-    """Ids the tokenizer puts before and after the content of a single sequence ([CLS], [SEP])."""
-    enc = tokenizer.encode("a", add_special_tokens=True)
-    mask = enc.special_tokens_mask
-    n_prefix = next((i for i, m in enumerate(mask) if not m), len(mask))
-    n_suffix = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
-    return list(enc.ids[:n_prefix]), list(enc.ids[len(mask) - n_suffix :])
-
-
 def hide_spans(text: str, spans: Sequence[Span], hidden: str = HIDDEN_TOKEN) -> str:
     """``text`` with each span replaced by ``hidden`` (spans sorted and disjoint)."""
     parts, pos = [], 0
@@ -204,10 +196,8 @@ class ScoringPipeline:
         self.max_batch_size = max_batch_size
         self.executor = executor
         self.prefix, self.suffix = special_tokens(tokenizer)
-        n_special = len(self.prefix) + len(self.suffix)
         for model in filter(None, (token_model, doc_model)):
-            if model.max_length <= n_special:
-                raise TokfilterError(f"max_length must exceed the {n_special} special tokens, got {model.max_length}")
+            self.windows_of(model)  # refuses a max_length without room for content
 
     @classmethod
     def from_model_dirs(
@@ -266,19 +256,26 @@ class ScoringPipeline:
         scored = self._score_windows(self.doc_model, self.encode(texts), per_token=False)
         return np.asarray([max(probs) for _, probs in scored], dtype=np.float32)
 
+    def windows_of(self, model: ScoredModel) -> WindowSequences:
+        """How ``model``'s inputs are cut from a document: its windowing and this tokenizer's special tokens."""
+        return WindowSequences(tuple(self.prefix), tuple(self.suffix), model.max_length, model.stride)
+
+    def window_inputs(
+        self, model: ScoredModel, encoded: list[EncodedText]
+    ) -> tuple[list[list[Window]], list[tuple[int, Window]], list[np.ndarray]]:
+        """Each document's windows, every window as (document index, window), and its model input."""
+        windows = self.windows_of(model)
+        plans = [windows.plan(len(enc.ids)) for enc in encoded]
+        items = [(d, w) for d, plan in enumerate(plans) for w in plan]
+        return plans, items, [windows.sequence(encoded[d].ids, w) for d, w in items]
+
     def _score_windows(
         self, model: ScoredModel, encoded: list[EncodedText], per_token: bool
     ) -> list[tuple[list[Window], list]]:
         """Windows of each document and, for each window, its content-token scores (``per_token``)
         or its window score."""
-        max_content = model.max_length - len(self.prefix) - len(self.suffix)
-        stride = min(model.stride, max_content - 1)
-        plans = [plan_windows(len(enc.ids), max_content, stride) for enc in encoded]
-        items = [(d, w) for d, plan in enumerate(plans) for w in range(len(plan))]
-        sequences = [
-            np.concatenate([self.prefix, encoded[d].ids[plans[d][w].start : plans[d][w].end], self.suffix]).astype(np.int64)
-            for d, w in items
-        ]
+        windows = self.windows_of(model)
+        plans, items, sequences = self.window_inputs(model, encoded)
         batches = plan_batches([len(s) for s in sequences], self.max_batch_tokens, self.max_batch_size)
 
         def run(batch: list[int]) -> np.ndarray:
@@ -287,12 +284,10 @@ class ScoringPipeline:
 
         outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
         window_out: list = [None] * len(items)
-        n_prefix = len(self.prefix)
         for batch, probs in zip(batches, outputs):
             for row, i in enumerate(batch):
                 if per_token:
-                    n = len(sequences[i]) - n_prefix - len(self.suffix)
-                    window_out[i] = probs[row, n_prefix : n_prefix + n]
+                    window_out[i] = windows.content(probs[row], items[i][1])
                 else:
                     window_out[i] = float(np.ravel(probs[row])[0])
         result: list[tuple[list[Window], list]] = [(plan, []) for plan in plans]

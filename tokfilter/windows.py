@@ -1,8 +1,9 @@
 """Windowing of long documents and stitching of window scores back onto characters.
 
 Long documents are never truncated. A document's tokens are cut into windows of at most
-``max_length - 2`` content tokens (plus [CLS] and [SEP]); consecutive windows overlap by ``stride``
-tokens.
+``max_length`` tokens counting the tokenizer's special tokens ([CLS] and [SEP] for BERT);
+consecutive windows overlap by ``stride`` tokens. :class:`WindowSequences` builds the model input
+of each window, the one way training, export checks, scoring and benchmarks all make it.
 
 Stitching rule for overlaps: the overlap between two consecutive windows is split at its midpoint;
 a token before the midpoint takes its score from the earlier window, a token from the midpoint on
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from tokfilter.errors import TokfilterError
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,60 @@ def plan_windows(n_tokens: int, max_content: int, stride: int) -> list[Window]:
     ends = [s + max_content for s in starts]
     cuts = [0] + [(starts[i + 1] + ends[i]) // 2 for i in range(len(starts) - 1)] + [n_tokens]
     return [Window(s, e, cuts[i], cuts[i + 1]) for i, (s, e) in enumerate(zip(starts, ends))]
+
+
+def special_tokens(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """Ids the tokenizer's post-processor puts before and after the content of a single sequence
+    ([CLS] and [SEP] for BERT, <s> and </s> for RoBERTa), read from an encoding, never assumed."""
+    enc = tokenizer.encode("a", add_special_tokens=True)
+    mask = enc.special_tokens_mask
+    n_prefix = next((i for i, m in enumerate(mask) if not m), len(mask))
+    n_suffix = next((i for i, m in enumerate(reversed(mask)) if not m), 0)
+    return list(enc.ids[:n_prefix]), list(enc.ids[len(mask) - n_suffix :])
+
+
+@dataclass(frozen=True)
+class WindowSequences:
+    """The model inputs of a document's windows: ``prefix + content[start:end] + suffix`` with at
+    most ``max_length`` ids in all, consecutive windows overlapping by ``stride`` content tokens
+    (capped below the window's content length)."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    max_length: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        n_special = len(self.prefix) + len(self.suffix)
+        if self.max_length <= n_special:
+            raise TokfilterError(f"max_length must exceed the {n_special} special tokens, got {self.max_length}")
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Tokenizer, max_length: int, stride: int) -> "WindowSequences":
+        prefix, suffix = special_tokens(tokenizer)
+        return cls(tuple(prefix), tuple(suffix), max_length, stride)
+
+    @property
+    def max_content(self) -> int:
+        return self.max_length - len(self.prefix) - len(self.suffix)
+
+    def plan(self, n_tokens: int) -> list[Window]:
+        """The windows of a document of ``n_tokens`` content tokens (``plan_windows``)."""
+        return plan_windows(n_tokens, self.max_content, min(self.stride, self.max_content - 1))
+
+    def sequence(self, ids: np.ndarray, window: Window) -> np.ndarray:
+        """The int64 model input of ``window`` of a document's content ``ids``."""
+        return np.concatenate([self.prefix, ids[window.start : window.end], self.suffix]).astype(np.int64)
+
+    def aligned(self, values: np.ndarray, window: Window, fill: int) -> np.ndarray:
+        """Per-content-token ``values`` of ``window`` placed at their positions in its sequence, and
+        ``fill`` at the special tokens' (training labels: the ignore index)."""
+        return np.concatenate([np.full(len(self.prefix), fill), values[window.start : window.end],
+                               np.full(len(self.suffix), fill)]).astype(np.int64)
+
+    def content(self, per_position: np.ndarray, window: Window) -> np.ndarray:
+        """The outputs at ``window``'s content positions of a per-position model output row."""
+        return per_position[len(self.prefix) : len(self.prefix) + window.end - window.start]
 
 
 def stitch_window_scores(n_tokens: int, windows: list[Window], window_scores: list[np.ndarray]) -> np.ndarray:
@@ -118,10 +175,12 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
     return tok
 
 
-def pad_batch(sequences: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad id sequences to the longest; returns int64 ``input_ids`` and ``attention_mask``."""
+def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id sequences to the longest with 0; returns int64 ``input_ids`` and
+    ``attention_mask``. The mask keeps padded positions out of attention, so the pad id changes no
+    output (any tokenizer's [PAD] would do as well as 0)."""
     width = max((len(s) for s in sequences), default=0)
-    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    ids = np.zeros((len(sequences), width), dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = s

@@ -26,11 +26,11 @@ from tokfilter.training.classifier.train import (
     TrainConfig,
     binary_metrics,
     calibrate_thresholds,
+    encode_documents,
     score_split,
-    special_ids,
     torch_score_fn,
 )
-from tokfilter.windows import load_tokenizer, pad_batch
+from tokfilter.windows import WindowSequences, load_tokenizer, pad_batch
 
 OPSET = 18
 EXPORTER = "torchscript, eager attention"  # recorded in the model card
@@ -106,9 +106,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
 
 
-def parity_max_diff(model: torch.nn.Module, scorer: OnnxWindowScorer, windows: list[np.ndarray], pad_id: int) -> float:
+def parity_max_diff(model: torch.nn.Module, scorer: OnnxWindowScorer, windows: list[np.ndarray]) -> float:
     """Max abs difference of p(forget) between torch and ONNX Runtime on the real tokens of ``windows``."""
-    ids, mask = pad_batch(windows, pad_id)
+    ids, mask = pad_batch(windows)
     torch_probs = torch_score_fn(model)(ids, mask)
     onnx_probs = scorer(ids, mask)
     if torch_probs.ndim == 2:
@@ -141,7 +141,6 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
     card.save(out_dir)  # provisional: OnnxWindowScorer reads the card
 
     tokenizer = load_tokenizer(out_dir / "tokenizer.json")
-    cls_id, sep_id, pad_id = special_ids(tokenizer)
     metrics: dict = {"train": train_stats, "validation_docs": len(val_docs)}
     scorers = {precision: OnnxWindowScorer(out_dir, precision=precision) for precision in MODEL_FILES}
     scores = {p: score_split(s, config.max_length, config.stride, tokenizer, val_docs, config.task) for p, s in scorers.items()}
@@ -153,9 +152,9 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
         metrics[f"validation_{precision}_recall_at_threshold_recall95"] = round(binary_metrics(labels, s, card.threshold_recall95)["recall"], 4)
     metrics["int8_f1_minus_fp32_f1"] = round(metrics["validation_int8_f1"] - metrics["validation_fp32_f1"], 4)
 
-    encodings = tokenizer.encode_batch([d["text"] for d in val_docs[:16]], add_special_tokens=False)
-    held_out = [np.array([cls_id, *e.ids[: config.max_length - 2], sep_id], dtype=np.int64) for e in encodings]
-    metrics["parity_max_abs_prob_diff_fp32"] = parity_max_diff(model, scorers["fp32"], held_out, pad_id)
+    sequences = WindowSequences.for_tokenizer(tokenizer, config.max_length, config.stride)
+    held_out = [sequences.sequence(doc.ids, sequences.plan(len(doc.ids))[0]) for doc in encode_documents(tokenizer, val_docs[:16])]
+    metrics["parity_max_abs_prob_diff_fp32"] = parity_max_diff(model, scorers["fp32"], held_out)
     card.metrics = metrics
     card.save(out_dir)
     if metrics["parity_max_abs_prob_diff_fp32"] > PARITY_TOLERANCE:

@@ -5,7 +5,8 @@ characters lies inside a label span (partial overlap counts: a word piece half i
 term is still medical; missing a medical piece costs more than flagging a neighbour). Special
 tokens get no label (-100).
 
-Documents longer than one window are cut by ``tokfilter.windows.plan_windows``. The document
+Documents longer than one window are cut by ``tokfilter.windows.WindowSequences``, the builder
+scoring uses, so a model is trained on exactly the sequences it is served. The document
 classifier is trained on windows, a window being positive when it overlaps a medicine passage, and a
 document's score is the maximum over its windows: a document is positive when it contains a
 medicine passage anywhere.
@@ -29,7 +30,7 @@ import torch
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import ScoredModel, ScoringPipeline, safe_text
-from tokfilter.windows import pad_batch, plan_windows
+from tokfilter.windows import WindowSequences, pad_batch
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = ["retain", "forget"]
@@ -151,22 +152,14 @@ def encode_documents(tokenizer, docs: list[dict]) -> list[EncodedDoc]:
     return out
 
 
-def special_ids(tokenizer) -> tuple[int, int, int]:
-    """([CLS], [SEP], [PAD]) ids of the BERT tokenizer."""
-    ids = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
-    if None in ids:
-        raise TokfilterError("tokenizer has no [CLS]/[SEP]/[PAD] tokens: expected a BERT WordPiece tokenizer")
-    return ids[0], ids[1], ids[2]
-
-
-def make_windows(encoded: list[EncodedDoc], task: str, max_length: int, stride: int, cls_id: int, sep_id: int):
-    """Training windows as (ids with [CLS]/[SEP], labels): per token (-100 on specials) or one per window."""
+def make_windows(encoded: list[EncodedDoc], task: str, sequences: WindowSequences):
+    """Training windows as (model input, labels): per token (-100 on the special tokens) or one per window."""
     windows = []
     for doc in encoded:
-        for w in plan_windows(len(doc.ids), max_length - 2, stride):
-            ids = np.concatenate([[cls_id], doc.ids[w.start : w.end], [sep_id]]).astype(np.int64)
+        for w in sequences.plan(len(doc.ids)):
+            ids = sequences.sequence(doc.ids, w)
             if task == "token":
-                labels = np.concatenate([[IGNORE], doc.token_labels[w.start : w.end], [IGNORE]]).astype(np.int64)
+                labels = sequences.aligned(doc.token_labels, w, IGNORE)
             else:
                 labels = np.int64(doc.passage_labels[w.start : w.end].any())
             windows.append((ids, labels))
@@ -254,7 +247,7 @@ def torch_score_fn(model) -> ScoreFn:
 # ------------------------------------------------------------------------------------------ training
 
 
-def train_model(model, windows: list, config: TrainConfig, pad_id: int, log=sys.stderr) -> dict:
+def train_model(model, windows: list, config: TrainConfig, log=sys.stderr) -> dict:
     """Fine-tune on windows (positives upsampled to ``positive_fraction``); prints windows/s and ETA."""
 
     rng = np.random.default_rng(config.seed)
@@ -271,7 +264,7 @@ def train_model(model, windows: list, config: TrainConfig, pad_id: int, log=sys.
     start, last_print, losses = time.perf_counter(), 0.0, []
     for step in range(config.max_steps):
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-        ids, mask = pad_batch([windows[i][0] for i in batch], pad_id)
+        ids, mask = pad_batch([windows[i][0] for i in batch])
         if config.task == "token":
             labels = np.full(ids.shape, IGNORE, dtype=np.int64)
             for row, i in enumerate(batch):
@@ -405,11 +398,11 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
         torch.set_num_threads(threads)
     tokenizer_path = encoder_path() / "tokenizer.json"
     tokenizer = load_tokenizer(tokenizer_path)
-    cls_id, sep_id, pad_id = special_ids(tokenizer)
-    windows = make_windows(encode_documents(tokenizer, train_docs), config.task, config.max_length, config.stride, cls_id, sep_id)
+    sequences = WindowSequences.for_tokenizer(tokenizer, config.max_length, config.stride)
+    windows = make_windows(encode_documents(tokenizer, train_docs), config.task, sequences)
     print(f"[train {config.task}] {len(train_docs)} docs -> {len(windows)} windows", file=log, flush=True)
     model = build_model(config.task, config.layers, config.seed)
-    stats = train_model(model, windows, config, pad_id, log=log)
+    stats = train_model(model, windows, config, log=log)
     card = export_classifier(
         model,
         config,
