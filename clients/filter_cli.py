@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from tokfilter import paths
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-tokens", type=int, default=DEFAULTS.shard_tokens, help="tokens per shard (about)")
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULTS.max_batch_tokens, help=f"padded tokens per model call in process (default {DEFAULT_MAX_BATCH_TOKENS}) or per request with --server (default {DEFAULT_REQUEST_TOKENS})")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULTS.max_in_flight, help="concurrent requests to the server")
+    parser.add_argument("--api-key", default=os.environ.get("TOKFILTER_API_KEY"), help="the server's API key (env TOKFILTER_API_KEY)")
+    parser.add_argument("--retry-deadline", type=float, default=DEFAULTS.retry_deadline_s, metavar="SECONDS",
+                        help="retry requests a restarting or healing server fails for this long (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model (default: all cores)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or kill")
     parser.add_argument("--no-progress", action="store_true")
@@ -48,7 +52,7 @@ def settings_from_args(args: argparse.Namespace) -> FilterSettings:
         threshold=args.threshold, doc_prefilter=args.doc_prefilter, precision=args.precision,
         text_field=args.text_field, id_field=args.id_field, on_error=args.on_error, buffer_docs=args.buffer_docs,
         shard_tokens=args.shard_tokens, max_batch_tokens=args.max_batch_tokens, server=args.server,
-        max_in_flight=args.max_in_flight, threads=args.threads,
+        max_in_flight=args.max_in_flight, threads=args.threads, api_key=args.api_key, retry_deadline_s=args.retry_deadline,
     )
 
 

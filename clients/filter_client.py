@@ -5,12 +5,19 @@ Tokenization, windowing and stitching run client-side in the shared pipeline
 requests in flight. The tokenizer comes from a local export of the token model; the server
 publishes the windowing, threshold and tokenizer digest of the model it runs, and a client whose
 tokenizer differs is refused.
+
+A request that fails because the server is briefly away (restarting, a model reloading after its
+stub died: gRPC UNAVAILABLE, "not healthy", "not ready", unknown model) is retried with backoff on
+a fresh connection until ``retry_deadline_s`` has passed, then fails with ``ServerError``; the
+supervisor of ``tokfilter serve`` heals such faults well within the default deadline. Errors of
+configuration (a refused API key, a different tokenizer, a bad argument) are never retried.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +37,49 @@ from tokfilter.scoring import (
 from tokfilter.windows import load_tokenizer
 
 TOKEN_MODEL, DOC_MODEL = "token_classifier", "doc_classifier"
+API_KEY_HEADER = "x-api-key"  # the header of the API key on Triton's ports and the gateway
+DEFAULT_RETRY_DEADLINE_S = 60.0
+# Messages of the faults a supervised server heals: a dead or restarting Triton, a model whose stub
+# died or that is being reloaded.
+TRANSIENT_MESSAGES = ("not healthy", "is not ready", "unknown model", "is not found", "no available versions", "unavailable",
+                      "failed to connect", "connection refused", "connection reset", "socket closed", "rst_stream")
+
+
+class ServerError(TokfilterError):
+    """The model server failed a request, or stayed away past the retry deadline."""
+
+
+def key_headers(api_key: str | None) -> dict[str, str] | None:
+    """gRPC metadata carrying the API key (Triton prefixes its restricted-protocol headers)."""
+    return {f"triton-grpc-protocol-{API_KEY_HEADER}": api_key} if api_key else None
+
+
+def is_transient(err: Exception) -> bool:
+    """Whether a failed request may succeed once the server has healed."""
+    message = str(err).lower()
+    if "restricted" in message:  # a missing or wrong API key, which Triton answers with UNAVAILABLE
+        return False
+    return isinstance(err, OSError) or any(m in message for m in TRANSIENT_MESSAGES)
+
+
+def retry_transient(call: Callable, deadline_s: float, where: str, on_retry: Callable[[], None] = lambda: None):
+    """``call()``, retried with doubling pauses (0.1 to 2 s) while it fails transiently, for at most
+    ``deadline_s``; any other server error is raised at once. Both come out as ``ServerError``."""
+    from tritonclient.utils import InferenceServerException
+
+    start, pause = time.monotonic(), 0.1
+    while True:
+        try:
+            return call()
+        except (InferenceServerException, OSError) as err:
+            if not is_transient(err):
+                raise ServerError(f"{where}: {err}") from err
+            remaining = deadline_s - (time.monotonic() - start)
+            if remaining <= 0:
+                raise ServerError(f"{where}: the server did not recover within the retry deadline of {deadline_s:g} s: {err}") from err
+            on_retry()
+            time.sleep(min(pause, remaining))
+            pause = min(2 * pause, 2.0)
 
 
 def grpc_address(url: str) -> str:
@@ -46,8 +96,10 @@ class TritonWindowScorer:
     Accepts both the python-backend models (output ``forget_prob``) and the native onnxruntime
     GPU configs (output ``logits``, turned into p(forget) here)."""
 
-    def __init__(self, address: str, model: str, output: str, timeout: float | None = 120.0):
+    def __init__(self, address: str, model: str, output: str, timeout: float | None = 120.0, api_key: str | None = None,
+                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S):
         self.address, self.model, self.output, self.timeout = address, model, output, timeout
+        self.headers, self.retry_deadline_s = key_headers(api_key), retry_deadline_s
         self._local = threading.local()
 
     def _client(self):
@@ -57,6 +109,11 @@ class TritonWindowScorer:
             self._local.client = grpcclient.InferenceServerClient(self.address)
         return self._local.client
 
+    def _reconnect(self) -> None:
+        """Drop this thread's connection: a fresh channel connects at once, where the old one may
+        sit in gRPC's reconnect backoff (up to minutes) after its server went away."""
+        self._local.__dict__.pop("client").close()
+
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         import tritonclient.grpc as grpcclient
 
@@ -64,8 +121,10 @@ class TritonWindowScorer:
                   grpcclient.InferInput("attention_mask", list(attention_mask.shape), "INT64")]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
         inputs[1].set_data_from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
-        result = self._client().infer(self.model, inputs, outputs=[grpcclient.InferRequestedOutput(self.output)],
-                                      client_timeout=self.timeout)
+        outputs = [grpcclient.InferRequestedOutput(self.output)]
+        result = retry_transient(lambda: self._client().infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout,
+                                                               headers=self.headers),
+                                 self.retry_deadline_s, f"Triton model {self.model!r} at grpc://{self.address}", self._reconnect)
         out = result.as_numpy(self.output)
         return forget_probability(out) if self.output == "logits" else out
 
@@ -89,10 +148,15 @@ class FilterClient:
         max_batch_tokens: int = DEFAULT_REQUEST_TOKENS,
         use_doc_model: bool = True,
         timeout: float | None = 120.0,
+        api_key: str | None = None,
+        retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
     ):
         if max_in_flight < 1:
             raise TokfilterError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if retry_deadline_s < 0:
+            raise TokfilterError(f"retry_deadline_s must be >= 0, got {retry_deadline_s}")
         self.address = grpc_address(url)
+        self.api_key, self.retry_deadline_s = api_key, retry_deadline_s
         model_dir = Path(model_dir)
         tokenizer_path = model_dir / "tokenizer.json"
         if not tokenizer_path.is_file():
@@ -104,9 +168,9 @@ class FilterClient:
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="tokfilter-client")
         self.pipeline = ScoringPipeline(
             load_tokenizer(tokenizer_path),
-            ScoredModel(TritonWindowScorer(self.address, TOKEN_MODEL, token["output"], timeout), token["max_length"], token["stride"]),
+            ScoredModel(self._scorer(TOKEN_MODEL, token["output"], timeout), token["max_length"], token["stride"]),
             token["threshold"],
-            doc_model=ScoredModel(TritonWindowScorer(self.address, DOC_MODEL, doc["output"], timeout), doc["max_length"], doc["stride"]) if doc else None,
+            doc_model=ScoredModel(self._scorer(DOC_MODEL, doc["output"], timeout), doc["max_length"], doc["stride"]) if doc else None,
             max_batch_tokens=max_batch_tokens,
             executor=self._executor,
         )
@@ -115,24 +179,29 @@ class FilterClient:
     def threshold(self) -> float:
         return self.pipeline.threshold
 
+    def _scorer(self, model: str, output: str, timeout: float | None) -> TritonWindowScorer:
+        return TritonWindowScorer(self.address, model, output, timeout, self.api_key, self.retry_deadline_s)
+
     def _served_models(self) -> dict[str, dict]:
+        """Configs of the window models the server has ready; a server that is starting or
+        healing is waited for up to the retry deadline."""
+        return retry_transient(self._read_served_models, self.retry_deadline_s, f"Triton at grpc://{self.address}")
+
+    def _read_served_models(self) -> dict[str, dict]:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         client = grpcclient.InferenceServerClient(self.address)
+        headers = key_headers(self.api_key)
         try:
             if not client.is_server_ready():
-                raise TokfilterError(f"Triton at {self.address} is not ready")
-            ready = {}
-            for model in (TOKEN_MODEL, DOC_MODEL):
-                if client.is_model_ready(model):
-                    ready[model] = client.get_model_config(model, as_json=True)["config"]
-        except InferenceServerException as err:
-            raise TokfilterError(f"cannot reach Triton at grpc://{self.address}: {err}") from err
+                raise InferenceServerException("the server is not ready")
+            ready = {model: client.get_model_config(model, as_json=True, headers=headers)["config"]
+                     for model in (TOKEN_MODEL, DOC_MODEL) if client.is_model_ready(model)}
         finally:
             client.close()
         if TOKEN_MODEL not in ready:
-            raise TokfilterError(f"model {TOKEN_MODEL!r} is not ready on grpc://{self.address}")
+            raise InferenceServerException(f"model {TOKEN_MODEL!r} is not ready")
         return ready
 
     def _windowing(self, model: str, model_dir: Path, tokenizer_digest: str) -> dict:

@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limits = Limits(**{k: getattr(args, k) for k in Limits().model_dump()})
     try:
-        app = create_app(lambda: FilterClient(args.triton, args.model_dir, max_in_flight=args.max_in_flight), limits,
-                         os.environ.get("TOKFILTER_API_KEY"))
+        api_key = os.environ.get("TOKFILTER_API_KEY")
+        app = create_app(lambda: FilterClient(args.triton, args.model_dir, max_in_flight=args.max_in_flight, api_key=api_key), limits, api_key)
     except TokfilterError as err:
         print(f"gateway: error: {err}")
         return 2

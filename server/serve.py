@@ -105,7 +105,7 @@ def running_server(
         check_port_free(host, gateway_port, "--gateway-port")
     log_dir.mkdir(parents=True, exist_ok=True)
     endpoints = ServerEndpoints(host, grpc_port, http_port, metrics_port, gateway_port)
-    triton = start_triton(repo, host, http_port, grpc_port, metrics_port, log_dir / f"triton-{grpc_port}.log")
+    triton = start_triton(repo, host, http_port, grpc_port, metrics_port, log_dir / f"triton-{grpc_port}.log", api_key)
     gateway = None
     try:
         load_models(triton, repo, instances, ort_threads, precision)
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--gateway-port", type=int, default=8080)
-    parser.add_argument("--api-key", default=os.environ.get("TOKFILTER_API_KEY"), help="require this key on the gateway (env TOKFILTER_API_KEY)")
+    parser.add_argument("--api-key", default=os.environ.get("TOKFILTER_API_KEY"), help="require this key on the gateway and on Triton's inference over gRPC and HTTP (env TOKFILTER_API_KEY)")
     parser.add_argument("--instances", type=int, default=None, help="model instances per model (default: the config's)")
     parser.add_argument("--ort-threads", type=int, default=None, help="ONNX Runtime threads per instance (0: all cores)")
     parser.add_argument("--precision", choices=["fp32", "int8"], default=None, help="model file to serve (default: the config's, fp32)")

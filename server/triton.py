@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokfilter.clients.filter_client import API_KEY_HEADER
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import ARTIFACTS
 
@@ -45,7 +46,6 @@ PYTRITON_SITE = Path(importlib.util.find_spec("pytriton").submodule_search_locat
 PYTRITON_DIR = PYTRITON_SITE / "pytriton" / "tritonserver"
 BACKENDS_DIR = ARTIFACTS / "triton_backends"
 ADMIN_HEADER = "tokfilter-admin-key"
-API_KEY_HEADER = "x-api-key"
 ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 KEYED_APIS = ("inference", "metadata", "model-config", "statistics")  # with an API key; health stays open
 

@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from tokfilter.clients import FilterClient
+from tokfilter.clients.filter_client import API_KEY_HEADER, ServerError, key_headers
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.paths import MODEL_REPO_DIR
@@ -30,7 +31,8 @@ from tokfilter.server.serve import running_server
 from tokfilter.server.triton import free_port
 from tokfilter.windows import pad_batch
 
-API_KEY = "test-key"
+API_KEY = "test-key"  # the gateway and Triton's inference require it
+KEY_HEADERS = {"grpc": key_headers(API_KEY), "http": {API_KEY_HEADER: API_KEY}}
 TEXTS = [
     "The patient was given insulin for type 2 diabetes; the dose was raised after a week. " * 12,
     "",
@@ -80,7 +82,7 @@ def test_served_parameters_read_back_including_empty_ones(server, tiny_models_di
     ``max_batch_tokens``: the device's default), next to the windowing published from the card."""
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
     for model in WINDOW_MODELS:
-        params = config_parameters(client.get_model_config(model, as_json=True)["config"])
+        params = config_parameters(client.get_model_config(model, as_json=True, headers=KEY_HEADERS["grpc"])["config"])
         card = load_model_card(tiny_models_dir / model)
         assert params["max_batch_tokens"] == ""
         assert (params["precision"], int(params["max_length"]), int(params["stride"])) == ("fp32", card.max_length, card.stride)
@@ -103,7 +105,7 @@ def test_triton_window_models_equal_in_process_onnx(server, tiny_models_dir, pro
         inputs = [lib.InferInput("input_ids", list(ids.shape), "INT64"), lib.InferInput("attention_mask", list(mask.shape), "INT64")]
         inputs[0].set_data_from_numpy(ids)
         inputs[1].set_data_from_numpy(mask)
-        served = client.infer(model, inputs).as_numpy("forget_prob")
+        served = client.infer(model, inputs, headers=KEY_HEADERS[protocol]).as_numpy("forget_prob")
         expected = OnnxWindowScorer(tiny_models_dir / model)(ids, mask)
         if model == "doc_classifier":
             expected = expected[:, None]
@@ -112,7 +114,7 @@ def test_triton_window_models_equal_in_process_onnx(server, tiny_models_dir, pro
 
 
 def test_filter_client_equals_in_process_pipeline(server, tiny_models_dir, local_pipeline):
-    with FilterClient(server.grpc_url, tiny_models_dir / "token_classifier", max_in_flight=4, max_batch_tokens=256) as client:
+    with FilterClient(server.grpc_url, tiny_models_dir / "token_classifier", max_in_flight=4, max_batch_tokens=256, api_key=API_KEY) as client:
         remote = client.filter(TEXTS)
         assert client.threshold == local_pipeline.threshold
     local = local_pipeline.score(TEXTS)
@@ -131,8 +133,10 @@ def test_filter_client_refuses_a_different_tokenizer(server, tiny_models_dir, tm
     data = json.loads((tiny_models_dir / "token_classifier" / "tokenizer.json").read_text())
     data["added_tokens"] = data["added_tokens"][:-1]
     (other / "tokenizer.json").write_text(json.dumps(data))
-    with pytest.raises(TokfilterError, match="tokenizer"):
-        FilterClient(server.grpc_url, other)
+    start = time.monotonic()
+    with pytest.raises(TokfilterError, match="tokenizer") as refused:
+        FilterClient(server.grpc_url, other, api_key=API_KEY, retry_deadline_s=30)
+    assert not isinstance(refused.value, ServerError) and time.monotonic() - start < 3  # a configuration error: not retried
 
 
 def test_filter_text_model_returns_the_pipelines_spans(server, local_pipeline):
@@ -140,7 +144,7 @@ def test_filter_text_model_returns_the_pipelines_spans(server, local_pipeline):
     texts = [TEXTS[0], TEXTS[2]]
     text_input = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
     text_input.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
-    results = [json.loads(r[0]) for r in client.infer("filter_text", [text_input]).as_numpy("result")]
+    results = [json.loads(r[0]) for r in client.infer("filter_text", [text_input], headers=KEY_HEADERS["grpc"]).as_numpy("result")]
     for served, local in zip(results, local_pipeline.score(texts)):
         assert served["doc_score"] == pytest.approx(local.doc_score, abs=1e-5)
         assert [(s["start"], s["end"]) for s in served["spans"]] == [(s.start, s.end) for s in local.spans]

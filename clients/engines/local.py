@@ -14,7 +14,7 @@ import hashlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from tokfilter import paths
+from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, FilterClient
 from tokfilter.clients.projection import TargetTokenizer, project
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
 from tokfilter.clients.shards.writer import (
@@ -35,7 +36,7 @@ from tokfilter.clients.shards.writer import (
 )
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import load_model_card
-from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoredModel, ScoringPipeline, WindowScorer
+from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
 ON_ERROR = ("skip", "fail")
 
@@ -60,6 +61,8 @@ class FilterSettings:
     server: str | None = None
     max_in_flight: int = 4
     threads: int | None = None
+    api_key: str | None = field(default=None, repr=False)  # of the server
+    retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S
 
     def validate(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -68,6 +71,8 @@ class FilterSettings:
             raise TokfilterError(f"--buffer-docs must be >= 1, got {self.buffer_docs}")
         if self.max_in_flight < 1:
             raise TokfilterError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+        if self.retry_deadline_s < 0:
+            raise TokfilterError(f"--retry-deadline must be >= 0, got {self.retry_deadline_s}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise TokfilterError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
         if self.doc_prefilter is not None and not 0.0 <= self.doc_prefilter <= 1.0:
@@ -114,39 +119,12 @@ def model_metadata(model_dir: str, precision: str) -> dict:
             "max_length": card.max_length, "stride": card.stride}
 
 
-class RetryingScorer:
-    """A remote window scorer that retries a failed request with exponential backoff, then gives
-    up with a clear error (the run stops; ``--resume`` continues it)."""
-
-    def __init__(self, scorer: WindowScorer, where: str, attempts: int = 4, backoff_s: float = 0.5):
-        self.scorer, self.where, self.attempts, self.backoff_s = scorer, where, attempts, backoff_s
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        return with_retries(lambda: self.scorer(input_ids, attention_mask), self.where, self.attempts, self.backoff_s)
-
-
-def with_retries(call, where: str, attempts: int = 4, backoff_s: float = 0.5):
-    """``call()``, retried ``attempts`` times with doubling pauses on server or network errors."""
-    from tritonclient.utils import InferenceServerException
-
-    for attempt in range(attempts):
-        try:
-            return call()
-        except (InferenceServerException, TokfilterError, ConnectionError, OSError) as err:
-            if attempt == attempts - 1:
-                raise TokfilterError(f"server {where} unreachable after {attempts} attempts: {err}") from err
-            time.sleep(backoff_s * 2**attempt)
-
-
-def _retrying(model: ScoredModel | None, where: str) -> ScoredModel | None:
-    return model and ScoredModel(RetryingScorer(model.scorer, where), model.max_length, model.stride)
-
-
 class ChunkFilter:
     """Tokenize, infer, project one buffer of texts: the per-document work of every engine.
 
     Models run in process (ONNX Runtime) or, with ``server``, on Triton through ``FilterClient``'s
-    window scorers, with at most ``max_in_flight`` requests in flight."""
+    window scorers, with at most ``max_in_flight`` requests in flight; they retry what a healing
+    server fails for up to ``retry_deadline_s``, so a run rides out a server restart."""
 
     def __init__(self, settings: FilterSettings, server: str | None = None):
         self.settings = settings
@@ -154,16 +132,15 @@ class ChunkFilter:
         server = server or settings.server
         batch_tokens = settings.batch_tokens(remote=bool(server))
         if server:
-            from tokfilter.clients.filter_client import FilterClient
-
-            client = with_retries(lambda: FilterClient(server, settings.token_model, max_in_flight=1), server)
+            client = FilterClient(server, settings.token_model, max_in_flight=1, api_key=settings.api_key,
+                                  retry_deadline_s=settings.retry_deadline_s)
             client.close()
             served = client.pipeline
             if served.doc_model is None:
                 raise TokfilterError(f"server {server} does not serve the document model 'doc_classifier'")
             executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="tokfilter-filter")
             self.pipeline = ScoringPipeline(
-                served.tokenizer, _retrying(served.token_model, server), served.threshold, _retrying(served.doc_model, server),
+                served.tokenizer, served.token_model, served.threshold, served.doc_model,
                 max_batch_tokens=batch_tokens, executor=executor,
             )
         else:
