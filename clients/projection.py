@@ -11,13 +11,13 @@ target token that overlaps a flagged classifier token is flagged.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import HIDDEN_TOKEN, safe_text
 
@@ -78,7 +78,7 @@ class TargetTokenizer:
         self.path = Path(path)
         if not self.path.is_file():
             raise TokfilterError(f"target tokenizer not found: {self.path} (run `tokfilter train-tokenizer`)")
-        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.sha256 = file_sha256(self.path)
         if self.path.suffix == ".tiktoken":
             self._init_tiktoken()
         elif self.path.suffix == ".json":

@@ -10,7 +10,6 @@ bytes.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from tokfilter.clients.shards.writer import (
     remove_unlisted_shards,
     token_dtype,
 )
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
@@ -106,16 +106,12 @@ class FilteredDoc:
     prefiltered: bool
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def model_metadata(model_dir: str, precision: str) -> dict:
     card = load_model_card(model_dir)
     onnx = Path(model_dir) / ("model.int8.onnx" if precision == "int8" else "model.onnx")
     if not onnx.is_file():
         raise TokfilterError(f"model file not found: {onnx} (run `tokfilter train-classifier`)")
-    return {"dir": str(model_dir), "name": card.name, "sha256": _sha256(onnx), "threshold": card.threshold,
+    return {"dir": str(model_dir), "name": card.name, "sha256": file_sha256(onnx), "threshold": card.threshold,
             "max_length": card.max_length, "stride": card.stride}
 
 

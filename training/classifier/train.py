@@ -15,7 +15,6 @@ medicine passage anywhere.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from tokfilter import paths
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import ScoredModel, ScoringPipeline, safe_text
 from tokfilter.windows import WindowSequences, pad_batch
@@ -95,15 +95,6 @@ def sample_docs(docs: list[dict], max_docs: int | None, seed: int = 0) -> list[d
         return docs
     keep = np.sort(np.random.default_rng(seed).choice(len(docs), max_docs, replace=False))
     return [docs[i] for i in keep]
-
-
-def file_digest(path: Path | str) -> str:
-    """sha256 of a file, recorded in the model card to tie a model to its training data."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def token_labels_from_spans(offsets: np.ndarray, spans: Iterable[tuple[int, int]]) -> np.ndarray:
@@ -409,7 +400,7 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
         tokenizer_path,
         out_dir,
         val_docs=val_docs,
-        data_digest=file_digest(Path(corpus_dir) / "train.jsonl"),
+        data_digest="sha256:" + file_sha256(Path(corpus_dir) / "train.jsonl"),  # names its algorithm
         train_stats=stats,
         log=log,
     )
