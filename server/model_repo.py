@@ -1,9 +1,11 @@
 """``tokfilter model-repo``: place exported models into a Triton model repository.
 
-The committed ``model_repo/`` holds the configs and python-backend entry points; this command links
-(or copies) ``model.onnx``, ``model.int8.onnx``, ``tokenizer.json`` and ``tokfilter.json`` of each
-exported classifier into ``<repo>/<model>/1/``. With ``--out`` elsewhere, the committed configs are
-copied there first, so tests and benchmarks never touch the shared tree.
+The committed ``model_repo/`` holds the configs and python-backend entry points (shipped as package
+data, ``tokfilter/model_repo/``, in an installed package); this command links (or copies)
+``model.onnx``, ``model.int8.onnx``, ``tokenizer.json`` and ``tokfilter.json`` of each exported
+classifier into ``<repo>/<model>/1/``. The default repository is a checkout's ``model_repo/``, else
+``<artifacts>/model_repo`` (``tokfilter.paths``); into any other folder (``--repo``) the configs are
+copied first, so tests, benchmarks and installed packages never write into the shipped ones.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tritonclient.grpc import model_config_pb2
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import load_model_card
-from tokfilter.paths import MODEL_REPO_DIR, MODELS_DIR
+from tokfilter.paths import MODEL_CONFIGS_DIR, MODEL_REPO_DIR, MODELS_DIR
 
 WINDOW_MODELS = ("token_classifier", "doc_classifier")
 SERVED_MODELS = WINDOW_MODELS + ("filter_text",)
@@ -65,9 +67,9 @@ def missing_model_files(repo: Path) -> list[Path]:
 def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = False) -> list[Path]:
     """Put the exported model files into ``repo`` (links unless ``copy``); returns the placed paths."""
     models_dir, repo = Path(models_dir).resolve(), Path(repo).resolve()
-    if repo != MODEL_REPO_DIR.resolve():
+    if repo != MODEL_CONFIGS_DIR.resolve():
         for model in SERVED_MODELS:
-            shutil.copytree(MODEL_REPO_DIR / model, repo / model, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES, "__pycache__"))
+            shutil.copytree(MODEL_CONFIGS_DIR / model, repo / model, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES, "__pycache__"))
     placed = []
     for model in WINDOW_MODELS:
         for name in MODEL_FILES:

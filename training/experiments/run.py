@@ -20,7 +20,8 @@ from tokfilter.training.experiments.config import ExperimentConfig, config_path
 from tokfilter.training.experiments.grid import prepare_inputs, run_grid
 from tokfilter.training.experiments.report import plot_all, write_report
 
-RESULTS_DIR = paths.REPO_ROOT / "benchmarks" / "results"
+# a checkout keeps reports beside the benchmarks; an installed package under artifacts/
+RESULTS_DIR = paths.REPO_ROOT / "benchmarks" / "results" if paths.REPO_ROOT else paths.ARTIFACTS / "results"
 
 
 def run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
@@ -62,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dir with token_classifier/ and doc_classifier/ (default WORK/models, trained if missing; "
                              "with label_noise > 0 the config's noisy classifiers are trained in WORK instead)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="target tokenizer.json (default WORK/tokenizer.json, trained if missing)")
-    parser.add_argument("--out", type=Path, default=None, help="report dir (default benchmarks/results/experiment_<name>)")
+    parser.add_argument("--out", type=Path, default=None, help=f"report dir (default: {RESULTS_DIR / 'experiment_<name>'})")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
 
 
