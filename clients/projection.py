@@ -26,6 +26,18 @@ EOT_TOKEN = "<|endoftext|>"
 TIKTOKEN_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 
 
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE spelling (the ``tokenizers`` ByteLevel one): the character that stands
+    for each byte in a token's string, inverted to character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    chars = printable + [256 + n for n in range(len(others))]
+    return {chr(c): b for b, c in zip(printable + others, chars)}
+
+
+BYTE_LEVEL_BYTES = byte_level_alphabet()
+
+
 def owned_spans(starts: np.ndarray, ends: np.ndarray, n_chars: int) -> tuple[np.ndarray, np.ndarray]:
     """Half-open character spans ``[lo, hi)`` each token owns under the projection rule."""
     starts = np.asarray(starts, dtype=np.int64)
@@ -87,10 +99,14 @@ class TargetTokenizer:
             raise TokfilterError(f"--target-tokenizer must be a tokenizer.json or a .tiktoken file, got {self.path}")
 
     def _init_hf(self) -> None:
+        from tokenizers import decoders
+
         from tokfilter.windows import load_tokenizer
 
         self.kind = "tokenizers"
         self._hf = load_tokenizer(self.path)
+        self._byte_level = isinstance(self._hf.decoder, decoders.ByteLevel)
+        self._added = {i: t.content for i, t in self._hf.get_added_tokens_decoder().items()}
         self.vocab_size = self._hf.get_vocab_size()
         self.eot_id = self._hf.token_to_id(EOT_TOKEN)
         self.hidden_id = self._hf.token_to_id(HIDDEN_TOKEN)
@@ -117,6 +133,17 @@ class TargetTokenizer:
     def metadata(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind, "vocab_size": self.vocab_size,
                 "eot_id": self.eot_id, "hidden_id": self.hidden_id}
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes a token stands for (a special token: its text). A byte-level token may
+        hold part of a character; a token of any other ``tokenizer.json`` is decoded alone."""
+        if self.kind == "tiktoken":
+            return self._tt.decode_single_token_bytes(token_id)
+        if token_id in self._added:
+            return self._added[token_id].encode()
+        if self._byte_level:
+            return bytes(BYTE_LEVEL_BYTES[c] for c in self._hf.id_to_token(token_id))
+        return self._hf.decode([token_id]).encode()
 
     def encode(self, texts: Sequence[str]) -> list[TargetEncoding]:
         texts = [safe_text(t) for t in texts]

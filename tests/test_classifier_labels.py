@@ -8,7 +8,7 @@ from tokfilter.training.classifier.train import (
     IGNORE,
     calibrate_thresholds,
     encoder_path,
-    flip_labels,
+    flip_token_labels,
     make_windows,
     sample_docs,
     encode_documents,
@@ -89,10 +89,10 @@ def test_upsampling_gives_half_positive_windows(positives, n, seed):
 def test_label_noise_flips_about_p_and_keeps_ignored():
     labels = np.zeros((200, 50), dtype=np.int64)
     labels[:, 0] = IGNORE
-    flipped = flip_labels(labels, 0.2, np.random.default_rng(0))
+    flipped = flip_token_labels(labels, 0.2, np.random.default_rng(0))
     assert (flipped[:, 0] == IGNORE).all()
     assert 0.18 < flipped[:, 1:].mean() < 0.22
-    assert flip_labels(labels, 0.0, np.random.default_rng(0)) is labels
+    assert flip_token_labels(labels, 0.0, np.random.default_rng(0)) is labels
 
 
 def test_calibration_thresholds_on_hand_made_scores():

@@ -95,3 +95,15 @@ def test_train_tokenizer_cli(tiny_corpus_dir, tmp_path):
     (enc,) = tok.encode([text])
     assert tok._hf.decode(enc.ids.tolist()) == text  # byte-level: any text round-trips
     assert main(["train-tokenizer", str(tiny_corpus_dir / "test.jsonl"), "--out", str(out), "--vocab-size", "10"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["hf", "tiktoken"])
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=60))
+def test_token_bytes_join_to_the_text(request, kind, text):
+    """A token's bytes (what `tokfilter inspect` shows) concatenate back to the encoded text."""
+    tok = request.getfixturevalue(f"{kind}_tokenizer")
+    (enc,) = tok.encode([text])
+    joined = b"".join(tok.token_bytes(int(i)) for i in enc.ids)
+    assert joined == text.encode("utf-8", "replace")
+    assert tok.token_bytes(tok.hidden_id) == b"[hidden]" and tok.token_bytes(tok.eot_id) == b"<|endoftext|>"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tokfilter.errors import TokfilterError
-from tokfilter.training.corpus.build import DOMAINS, SPLITS, build_corpus, read_corpus
+from tokfilter.training.corpus.build import SPLITS, build_corpus, read_corpus
+from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS, PASSAGE_DOMAINS
 from tokfilter.training.corpus.weak_labels import spans_are_valid
 
 CORPUS_FILES = [f"{split}.jsonl" for split in SPLITS] + ["items.jsonl", "manifest.json"]
@@ -64,11 +65,12 @@ def test_documents_follow_the_data_contract(built):
         assert docs, f"split {split} is empty"
         for doc in docs:
             text, meta = doc["text"], doc["meta"]
-            assert meta["split"] == split and meta["domain"] in DOMAINS
+            assert meta["split"] == split and meta["domain"] in DOCUMENT_DOMAINS
             assert spans_are_valid(meta["label_spans"], len(text))
             passages = meta["passages"]
             assert [p["start"] for p in passages] == sorted(p["start"] for p in passages)
             domains = {p["domain"] for p in passages}
+            assert domains <= set(PASSAGE_DOMAINS)  # the domains evaluation reads passages of
             for passage in passages:
                 assert 0 <= passage["start"] < passage["end"] <= len(text)
                 if passage["domain"] == "medicine":  # medicine passages are labelled whole
@@ -78,7 +80,7 @@ def test_documents_follow_the_data_contract(built):
             elif meta["domain"] != "medicine":
                 assert "medicine" not in domains
     train_domains = {doc["meta"]["domain"] for doc in docs_by_split["train"]}
-    assert train_domains == set(DOMAINS)
+    assert train_domains == set(DOCUMENT_DOMAINS)
 
 
 def test_manifest_records_sources_and_counts(built):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tokfilter.training.corpus.weak_labels import (
     WORD,
     build_lexicon,
-    flip_labels,
+    flip_label_spans,
     label_document,
     merge_spans,
     spans_are_valid,
@@ -97,11 +97,11 @@ def test_merged_spans_are_valid_and_cover_the_same_characters(case):
 
 
 @given(text_and_spans(), st.integers(0, 1000))
-def test_flip_labels_is_identity_at_zero_and_complement_at_one(case, seed):
+def test_flip_label_spans_is_identity_at_zero_and_complement_at_one(case, seed):
     text, spans = case
     merged = merge_spans(spans, text)
-    assert flip_labels(text, merged, 0.0, random.Random(seed)) == merged
-    flipped = flip_labels(text, merged, 1.0, random.Random(seed))
+    assert flip_label_spans(text, merged, 0.0, random.Random(seed)) == merged
+    flipped = flip_label_spans(text, merged, 1.0, random.Random(seed))
     assert spans_are_valid(flipped, len(text))
     for word in WORD.finditer(text):
         was = any(s <= word.start() < e for s, e in merged)

@@ -15,12 +15,14 @@ from tokfilter.errors import TokfilterError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "build-corpus": ("tokfilter.training.corpus.build", "build the seeded demo corpus with weak labels"),
+    "label": ("tokfilter.training.corpus.label", "weak labels for your own corpus, in the corpus format train-classifier reads"),
     "train-classifier": ("tokfilter.training.classifier.train", "train, calibrate and export a classifier to ONNX"),
     "eval-classifier": ("tokfilter.training.classifier.evaluate", "evaluate the exported classifiers on the test split"),
     "model-repo": ("tokfilter.server.model_repo", "place the exported models into the Triton model repository"),
     "serve": ("tokfilter.server.serve", "start Triton and the REST gateway"),
     "train-tokenizer": ("tokfilter.training.pretrain.tokenizer", "train the BPE tokenizer used for pretraining"),
     "filter": ("tokfilter.clients.filter_cli", "stream a corpus through the filter and write masked shards"),
+    "inspect": ("tokfilter.clients.shards.inspect", "show shard documents in the training tokens, masked tokens marked"),
     "pretrain": ("tokfilter.training.pretrain.train", "masked pretraining of a small GPT on shards"),
     "evaluate": ("tokfilter.training.pretrain.evaluate", "held-out losses, multiple choice and adversarial fine-tuning"),
     "experiment": ("tokfilter.training.experiments.run", "run a grid of pretraining runs and write a report"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -39,12 +38,6 @@ def run_step(argv: list[str]) -> None:
 
 def skip(what: str, path: Path) -> None:
     print(f"\n# {what}: {path} exists, skipped (delete it to rebuild)", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def excerpt(text: str, focus: int, width: int) -> tuple[int, int]:
@@ -103,6 +96,7 @@ def filter_through_server(shards_dir: Path) -> None:
 
     from tokfilter.clients import FilterClient
     from tokfilter.server.serve import running_server
+    from tokfilter.server.triton import free_port
 
     test_split = paths.CORPUS_DIR / "test.jsonl"
     ports = {name: free_port() for name in ("grpc_port", "http_port", "metrics_port", "gateway_port")}

@@ -40,6 +40,11 @@ from tokfilter.errors import TokfilterError
 MODES = ("nomask", "document", "mask", "remove")
 
 
+def flagged_tokens(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Which tokens a threshold flags: probability >= threshold, compared in float32."""
+    return np.asarray(probs, dtype=np.float32) >= np.float32(threshold)
+
+
 class MaskedShards(IterableDataset):
     """Yields ``(input_ids, targets, loss_weights)`` of length ``seq_len`` from a shard directory."""
 
@@ -134,7 +139,7 @@ class MaskedShards(IterableDataset):
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample ``k`` of the stream: ``(input_ids, targets, loss_weights)``."""
         ids, probs = self._slice(k * self.seq_len, (k + 1) * self.seq_len + 1)
-        flagged = probs >= self.threshold
+        flagged = flagged_tokens(probs, self.threshold)
         weights = np.ones(self.seq_len, dtype=np.float32)
         if self.mode in ("mask", "remove"):
             weights[flagged[1:]] = 0.0

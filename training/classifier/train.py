@@ -29,12 +29,12 @@ import torch
 from tokfilter import paths
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
+from tokfilter.training.corpus.domains import FORGET
 from tokfilter.scoring import ScoredModel, ScoringPipeline, safe_text
 from tokfilter.windows import WindowSequences, pad_batch
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = ["retain", "forget"]
-FORGET_DOMAIN = "medicine"
 TASKS = ("token", "document")
 IGNORE = -100
 # Measured with `make demo` on an idle 2-core machine (3 layers, 16 x 256-token windows): ~10
@@ -109,7 +109,7 @@ def token_labels_from_spans(offsets: np.ndarray, spans: Iterable[tuple[int, int]
 
 def forget_passages(doc: dict) -> list[tuple[int, int]]:
     """Character ranges of the document's medicine passages."""
-    return [(p["start"], p["end"]) for p in doc["meta"].get("passages", []) if p.get("domain") == FORGET_DOMAIN]
+    return [(p["start"], p["end"]) for p in doc["meta"].get("passages", []) if p.get("domain") == FORGET]
 
 
 def document_label(doc: dict) -> int:
@@ -173,7 +173,7 @@ def upsample_positive_windows(n_samples: int, positives: np.ndarray, fraction: f
     return idx
 
 
-def flip_labels(labels: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+def flip_token_labels(labels: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
     """Flip each 0/1 label with probability ``p`` (label-noise ablation); ignored positions stay."""
     if p <= 0:
         return labels
@@ -262,7 +262,7 @@ def train_model(model, windows: list, config: TrainConfig, log=sys.stderr) -> di
                 labels[row, : len(windows[i][1])] = windows[i][1]
         else:
             labels = np.array([windows[i][1] for i in batch], dtype=np.int64)
-        labels = flip_labels(labels, config.label_noise, rng)
+        labels = flip_token_labels(labels, config.label_noise, rng)
         logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
         loss = loss_fn(logits.reshape(-1, 2), torch.from_numpy(labels).reshape(-1))
         optimizer.zero_grad(set_to_none=True)

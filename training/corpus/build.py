@@ -27,12 +27,12 @@ from pathlib import Path
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import CORPUS_DIR
 from tokfilter.training.corpus import sources
+from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS
 from tokfilter.training.corpus.sources import SourceInfo, SourceItem
-from tokfilter.training.corpus.weak_labels import Lexicon, build_lexicon, count_words, flip_labels, label_document
+from tokfilter.training.corpus.weak_labels import Lexicon, build_lexicon, count_words, flip_label_spans, label_document
 
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
-DOMAINS = ("general", "biology", "medicine", "mixed")
 TOKEN = re.compile(r"\w+|[^\w\s]")  # token-ish unit of the statistics (words and punctuation)
 
 
@@ -303,7 +303,7 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
                 text, passages = _render(paragraphs, rng)
                 spans = label_document(text, passages, lexicon)
                 if label_noise:
-                    spans = flip_labels(text, spans, label_noise, noise_rng)
+                    spans = flip_label_spans(text, spans, label_noise, noise_rng)
                 record = {"id": f"{split}-{index:06d}", "text": text,
                           "meta": {"split": split, "domain": domain, "passages": passages, "label_spans": spans}}
                 fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
@@ -336,7 +336,7 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
                            "lexicon_terms": len(lexicon_terms.get(name, ()))}
                     for name, info in sorted(infos.items())},
         "lexicon": {"terms": len(lexicon.terms), "spread_words": len(lexicon.spread_words)},
-        "splits": {split: {"docs": {d: s["docs"][d] for d in DOMAINS}, "tokens": {d: s["tokens"][d] for d in DOMAINS},
+        "splits": {split: {"docs": {d: s["docs"][d] for d in DOCUMENT_DOMAINS}, "tokens": {d: s["tokens"][d] for d in DOCUMENT_DOMAINS},
                            "chars": s["chars"], "medicine_label_tokens": s["medicine_tokens"]}
                    for split, s in stats.items()},
         "docs": total_docs,

@@ -176,7 +176,7 @@ def label_document(text: str, passages: Sequence[dict], lexicon: Lexicon, forget
     return merge_spans(spans, text)
 
 
-def flip_labels(text: str, spans: Sequence[Sequence[int]], p: float, rng: random.Random) -> list[list[int]]:
+def flip_label_spans(text: str, spans: Sequence[Sequence[int]], p: float, rng: random.Random) -> list[list[int]]:
     """Label noise for ablations: each word's label is flipped with probability ``p``."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"label noise p must be in [0, 1], got {p}")

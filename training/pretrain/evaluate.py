@@ -25,11 +25,11 @@ import torch
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
+from tokfilter.training.corpus.domains import FORGET, PASSAGE_DOMAINS, RETAIN  # noqa: F401 (RETAIN re-exported to the experiments)
 from tokfilter.training.pretrain.model import GPT, IGNORE_INDEX, load_model
 from tokfilter.windows import load_tokenizer
 
-DOMAINS = ("medicine", "biology", "general")
-FORGET, RETAIN = "medicine", "biology"
+DOMAINS = PASSAGE_DOMAINS  # evaluated on pure passages of each: forget, retain, general
 EOT = "<|endoftext|>"
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from tokfilter import paths
+from tokfilter.clients.shards.masked import MODES as RUN_TYPES  # a run type is the MaskedShards mode it trains with
 from tokfilter.errors import TokfilterError
 from tokfilter.training.pretrain.model import GPT, config_for_size, save_model, SIZES
 
-RUN_TYPES = ("nomask", "document", "mask", "remove")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
