@@ -1,10 +1,13 @@
 """REST gateway (FastAPI): ``POST /v1/filter`` and friends in front of the Triton server.
 
 Each request is scored by a ``FilterClient`` (tokenization and stitching here, window batches to
-Triton over gRPC). Concurrent requests are scored in worker threads, and their window batches meet
+Triton over gRPC, retried while Triton heals). Concurrent requests are scored in worker threads, and their window batches meet
 in Triton's dynamic batcher, which runs them together. Limits (body bytes, documents per request,
 characters per document) and the API key are checked before any scoring; every error is JSON
-``{"error": message, "limit"?: name}``.
+``{"error": message, "limit"?: name}``: 4xx for the client's mistakes, 503 when the model server
+failed, 500 with a ``request_id`` (logged, and in every response's ``X-Request-ID``) for a bug here.
+``/readyz`` and the supervisor's metrics come from the status file the supervisor of
+``tokfilter serve`` writes after each health check (``tokfilter.server.supervisor``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import argparse
 import contextlib
 import hmac
 import json
+import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -23,10 +28,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
+from tokfilter.clients.filter_client import ServerError
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import hide_spans, safe_text
+from tokfilter.server.supervisor import read_status, status_is_ready
+
+log = logging.getLogger("tokfilter.gateway")
 
 
 class Limits(BaseModel):
@@ -77,11 +87,33 @@ def error_response(status: int, message: str, limit: str | None = None) -> JSONR
     return JSONResponse(body, status_code=status)
 
 
-class Metrics:
-    """The gateway's Prometheus metrics, in a registry of its own."""
+class SupervisorCollector:
+    """The supervisor's status file as Prometheus metrics, read at each scrape."""
 
-    def __init__(self):
+    def __init__(self, status_path: Path):
+        self.status_path = status_path
+
+    def collect(self):
+        status = read_status(self.status_path) or {}
+        events = CounterMetricFamily("tokfilter_supervisor_events", "supervisor events: model_failed, model_reloaded, "
+                                     "process_died, triton_restarted, orphans_killed, restart_failed, gave_up", labels=["event"])
+        for name, count in (status.get("events") or {}).items():
+            events.add_metric([name], count)
+        ready = GaugeMetricFamily("tokfilter_model_ready", "1 while the model answered the latest health check", labels=["model"])
+        for model, result in (status.get("models") or {}).items():
+            ready.add_metric([model], float(result["ready"]))
+        age = GaugeMetricFamily("tokfilter_health_check_age_seconds", "seconds since the latest health check")
+        if "checked_at" in status:
+            age.add_metric([], time.time() - status["checked_at"])
+        return [events, ready, age]
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of its own, and the supervisor's."""
+
+    def __init__(self, status_path: Path):
         self.registry = CollectorRegistry()
+        self.registry.register(SupervisorCollector(status_path))
         self.requests = Counter("tokfilter_requests", "HTTP requests", ["route", "status"], registry=self.registry)
         self.documents = Counter("tokfilter_documents", "documents filtered", registry=self.registry)
         self.tokens = Counter("tokfilter_tokens", "tokens scored", registry=self.registry)
@@ -121,9 +153,10 @@ class BodyLimitMiddleware:
             await too_big(scope, receive, send)
 
 
-def create_app(make_client, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
-    """The gateway app; ``make_client()`` returns a connected FilterClient (called at start-up)."""
-    metrics = Metrics()
+def create_app(make_client, status_path: Path, limits: Limits = Limits(), api_key: str | None = None) -> FastAPI:
+    """The gateway app; ``make_client()`` returns a connected FilterClient (called at start-up);
+    ``status_path`` is the supervisor's status file."""
+    metrics = Metrics(status_path)
     state: dict = {}
 
     @contextlib.asynccontextmanager
@@ -138,12 +171,18 @@ def create_app(make_client, limits: Limits = Limits(), api_key: str | None = Non
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
+        request.state.request_id = request_id = uuid.uuid4().hex
         metrics.in_flight.inc()
         start = time.perf_counter()
         try:
             response = await call_next(request)
+        except Exception:  # a bug of the gateway: logged with the id the client is given
+            log.exception("request %s (%s %s) failed", request_id, request.method, request.url.path)
+            response = JSONResponse({"error": "internal error of the gateway; report it with this request_id",
+                                     "request_id": request_id}, status_code=500)
         finally:
             metrics.in_flight.dec()
+        response.headers["X-Request-ID"] = request_id
         matched = request.scope.get("route")
         route = matched.path if matched is not None else "unmatched"  # bounded label values
         metrics.latency.labels(route).observe(time.perf_counter() - start)
@@ -181,7 +220,7 @@ def create_app(make_client, limits: Limits = Limits(), api_key: str | None = Non
         texts = [safe_text(d.text) for d in body.documents]  # a lone surrogate could not be answered in UTF-8
         try:
             scores = await run_in_threadpool(client.filter, texts, body.threshold)
-        except Exception as err:  # the model server failed or went away
+        except ServerError as err:  # the model server failed, or stayed away past the retry deadline
             raise GatewayError(503, f"model server error: {err}") from err
         threshold = client.threshold if body.threshold is None else body.threshold
         results = []
@@ -206,18 +245,11 @@ def create_app(make_client, limits: Limits = Limits(), api_key: str | None = Non
 
     @app.get("/readyz")
     def readyz():
-        import tritonclient.grpc as grpcclient
-
+        """Ready while every model answered the supervisor's latest health check (no inference here)."""
         if "client" not in state:
             return error_response(503, "not connected to Triton yet")
-        triton = grpcclient.InferenceServerClient(state["client"].address)
-        try:
-            ready = all(triton.is_model_ready(m) for m in state["client"].server_models)
-        except Exception as err:
-            return error_response(503, f"Triton unreachable: {err}")
-        finally:
-            triton.close()
-        return {"status": "ready"} if ready else error_response(503, "a model is not ready")
+        ready, reason = status_is_ready(read_status(status_path))
+        return {"status": "ready"} if ready else error_response(503, reason)
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -238,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model-dir", type=Path, required=True, help="export of the served token model (tokenizer)")
+    parser.add_argument("--status-file", type=Path, required=True, help="the supervisor's status file (readiness, metrics)")
     parser.add_argument("--max-in-flight", type=int, default=8, help="window batches in flight to Triton")
     for name, default in Limits().model_dump().items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
@@ -245,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(**{k: getattr(args, k) for k in Limits().model_dump()})
     try:
         api_key = os.environ.get("TOKFILTER_API_KEY")
-        app = create_app(lambda: FilterClient(args.triton, args.model_dir, max_in_flight=args.max_in_flight, api_key=api_key), limits, api_key)
+        app = create_app(lambda: FilterClient(args.triton, args.model_dir, max_in_flight=args.max_in_flight, api_key=api_key),
+                         args.status_file, limits, api_key)
     except TokfilterError as err:
         print(f"gateway: error: {err}")
         return 2

@@ -7,7 +7,9 @@ the stub built for the running Python; the running interpreter's libpython first
 finds its prefix by looking up ``python3`` on PATH: so it lands in this venv, with its numpy and the
 editable tokfilter install, instead of the base interpreter's site-packages (whose numpy 2 makes
 every output tensor come back empty).
-The server runs in its own process group and is stopped with it, so no stub outlives it.
+The server runs in its own session and process group and is stopped with them. A tritonserver that
+was killed leaves its python-backend stubs running (reparented to init, still in its session):
+``TritonProcess.stop`` kills whatever is left in the session and removes the stubs' shared memory.
 
 Triton's administrative APIs (model repository: load with uploaded files, unload, index; shared
 memory; trace and log settings, which write files) answer only requests carrying the admin secret
@@ -32,7 +34,8 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokfilter.clients.filter_client import API_KEY_HEADER
@@ -48,6 +51,9 @@ BACKENDS_DIR = ARTIFACTS / "triton_backends"
 ADMIN_HEADER = "tokfilter-admin-key"
 ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
 KEYED_APIS = ("inference", "metadata", "model-config", "statistics")  # with an API key; health stays open
+STUB = "triton_python_backend_stub"
+SHM_PREFIX = "triton_python_backend_shm_region_"
+EXIT_TIMEOUT_S = 3  # tritonserver's wait for in-flight requests at SIGTERM; then its process group is killed
 
 
 def prepare_backends(dest: Path = BACKENDS_DIR) -> Path:
@@ -107,6 +113,32 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def session_processes(sid: int) -> dict[int, list[str]]:
+    """pid -> argv of the live (not zombie) processes of session ``sid``."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != b"Z":
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    found[int(entry.name)] = f.read().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     """SIGTERM the process group of ``proc``, then SIGKILL it if it has not exited in ``timeout``."""
     if proc.poll() is not None:
@@ -133,6 +165,7 @@ class TritonProcess:
     log_path: Path
     admin_secret: str
     api_key: str | None = None
+    shm_regions: set[str] = field(default_factory=set)  # of its stubs, removed at stop
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -187,8 +220,32 @@ class TritonProcess:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        stop_process_group(self.proc)
+    def stubs(self) -> dict[int, str]:
+        """pid -> model of this server's python-backend stub processes (noting their shared memory)."""
+        stubs = {}
+        for pid, argv in session_processes(self.proc.pid).items():
+            if len(argv) > 2 and Path(argv[0]).name == STUB:
+                stubs[pid] = Path(argv[1]).parent.parent.name  # argv: stub, <repo>/<model>/<version>/model.py, shm region, ...
+                if argv[2].startswith(SHM_PREFIX) and "/" not in argv[2]:
+                    self.shm_regions.add(argv[2])
+        return stubs
+
+    def stop(self) -> int:
+        """Stop tritonserver and its stubs; kill what a dead server left in its session and remove
+        the stubs' shared memory. Returns how many processes were left over."""
+        self.stubs()
+        stop_process_group(self.proc, timeout=EXIT_TIMEOUT_S + 2)
+        left = list(session_processes(self.proc.pid))
+        for pid in left:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(process_alive(pid) for pid in left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for region in self.shm_regions:
+            with suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/{region}")
+        return len(left)
 
 
 def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, log_path: Path,
@@ -208,12 +265,12 @@ def start_triton(repo: Path, host: str, http_port: int, grpc_port: int, metrics_
         f"--http-address={host}", f"--http-port={http_port}",
         f"--grpc-address={host}", f"--grpc-port={grpc_port}",
         f"--metrics-address={host}", f"--metrics-port={metrics_port}",
-        "--allow-metrics=true", "--log-verbose=" + os.environ.get("TOKFILTER_TRITON_VERBOSE", "0"),
+        "--allow-metrics=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=" + os.environ.get("TOKFILTER_TRITON_VERBOSE", "0"),
     ]
     admin_secret = secrets.token_urlsafe(32)
     cmd += restricted_api_flags(admin_secret, api_key)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, env=triton_environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=die_with_parent)
     triton = TritonProcess(proc, host, http_port, grpc_port, metrics_port, log_path, admin_secret, api_key)

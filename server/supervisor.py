@@ -1,0 +1,287 @@
+"""Supervision of the Triton server behind ``tokfilter serve``: notice what died, heal it, and say
+honestly whether the service is ready.
+
+A health round (every ``interval_s``, and at once when a watched process dies) checks that
+tritonserver lives and that every served model answers a tiny inference. What it finds:
+
+- a model fails its inference (its python-backend stub died: "Stub process ... is not healthy"):
+  the model is unloaded and loaded again through Triton's model-control API (with the admin secret);
+- tritonserver is gone or not live: the stubs it left (reparented to init, still in its session)
+  are killed, their shared-memory regions removed, and Triton is started again with every model;
+  a restart that fails is retried with doubling pauses;
+- more than ``max_failures`` recoveries within ``failure_window_s``: everything is stopped and
+  ``failed`` says why (``tokfilter serve`` exits non-zero, so that an orchestrator restarts it).
+
+Each round's result and the event counts go to a JSON status file, written atomically, which the
+gateway (another process) reads for ``/readyz`` and ``/metrics``: ready only while every model
+answered the latest round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokfilter.clients.filter_client import key_headers
+from tokfilter.errors import TokfilterError
+from tokfilter.server.model_repo import SERVED_MODELS
+from tokfilter.server.triton import TritonProcess, process_alive
+
+log = logging.getLogger("tokfilter.serve")
+WATCH_S = 0.2  # how often the processes are looked at between rounds
+TIMEOUTS_BEFORE_RELOAD = 3  # a model that only times out is busy, not necessarily dead
+STATUS_STALE_S = 30.0  # a status older than this is not believed (the supervisor itself is stuck)
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    interval_s: float = 2.0
+    probe_timeout_s: float = 10.0
+    max_failures: int = 5
+    failure_window_s: float = 300.0
+    max_backoff_s: float = 16.0
+
+
+def probe_inputs(model: str):
+    """The smallest request ``model`` answers: one 3-token window, or one short text."""
+    import tritonclient.grpc as grpcclient
+
+    if model == "filter_text":
+        text = grpcclient.InferInput("text", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[b"health check"]], dtype=np.object_))
+        return [text]
+    ids = np.array([[0, 5, 7]], dtype=np.int64)
+    inputs = [grpcclient.InferInput("input_ids", [1, 3], "INT64"), grpcclient.InferInput("attention_mask", [1, 3], "INT64")]
+    inputs[0].set_data_from_numpy(ids)
+    inputs[1].set_data_from_numpy(np.ones_like(ids))
+    return inputs
+
+
+def read_status(path: Path) -> dict | None:
+    """The supervisor's latest status, or None when there is none yet."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status_is_ready(status: dict | None, now: float | None = None) -> tuple[bool, str]:
+    """Whether a status says ready (and is fresh), with the reason when it does not."""
+    if status is None:
+        return False, "no health check has run yet"
+    if status.get("failed"):
+        return False, status["failed"]
+    age = (time.time() if now is None else now) - status["checked_at"]
+    if age > STATUS_STALE_S:
+        return False, f"the last health check is {age:.0f} s old"
+    if not status["ready"]:
+        failing = {m: r["error"] for m, r in status["models"].items() if r["error"]}
+        return False, status.get("reason") or f"failing: {failing}"
+    return True, "ready"
+
+
+class Supervisor:
+    """Starts Triton with every model through ``launch()``, then keeps it healthy from a thread.
+
+    ``launch()`` returns a live TritonProcess with every model loaded (raising TokfilterError
+    otherwise); ``load(triton, model)`` loads one model again."""
+
+    def __init__(self, launch: Callable[[], TritonProcess], load: Callable[[TritonProcess, str], None], status_path: Path,
+                 api_key: str | None = None, settings: SupervisorSettings = SupervisorSettings()):
+        self.launch, self.load, self.status_path, self.settings = launch, load, Path(status_path), settings
+        self.headers = key_headers(api_key)
+        self.events: Counter = Counter()
+        self.failed: str | None = None
+        self._last_event = ""
+        self.triton: TritonProcess | None = None
+        self._recoveries: deque[float] = deque()
+        self._timeouts: Counter = Counter()
+        self._stubs: set[int] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Launch Triton, run a first round (every model must answer), start watching."""
+        self.triton = self.launch()
+        results = self._probe_models()
+        failing = {m: e for m, e in results.items() if e}
+        if failing:
+            self.triton.stop()
+            raise TokfilterError(f"models loaded but failing their first inference: {failing}")
+        self._publish(results)
+        self._thread = threading.Thread(target=self._run, name="tokfilter-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self.triton is not None:
+                self.triton.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_round = time.monotonic() + self.settings.interval_s
+        while not self._stop.wait(WATCH_S):
+            fault = self._watch()
+            if fault or time.monotonic() >= next_round:
+                if fault:
+                    self._event("process_died", fault)
+                    self._publish({}, reason=fault)
+                all_well = self._round()
+                if self.failed:
+                    return
+                next_round = time.monotonic() + (self.settings.interval_s if all_well else 0)
+
+    def _watch(self) -> str | None:
+        """A cheap look between rounds: has tritonserver or one of its stubs exited?"""
+        if self.triton.proc.poll() is not None:
+            return f"tritonserver exited with code {self.triton.proc.returncode}"
+        gone = sorted(pid for pid in self._stubs if not process_alive(pid))
+        return f"python-backend stub process {gone} exited" if gone else None
+
+    def _round(self) -> bool:
+        """Check and heal; returns whether all was well (False: run the next round at once)."""
+        triton = self.triton
+        if triton.proc.poll() is not None or not self._live(triton):
+            self._publish({}, reason="tritonserver is not live")
+            self._restart()
+            return False
+        results = self._probe_models()
+        if self._stop.is_set():  # stopping: the failures are ours
+            return True
+        self._publish(results)
+        failing = {m: e for m, e in results.items() if e}
+        for model, error in failing.items():
+            self._event("model_failed", f"{model}: {error}")
+            if "deadline" in error.lower():
+                self._timeouts[model] += 1
+                if self._timeouts[model] < TIMEOUTS_BEFORE_RELOAD:
+                    continue
+            if not self._count_recovery():
+                return False
+            self._reload(model)
+        self._stubs = set(triton.stubs())
+        return not failing
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def _grpc(self, triton: TritonProcess):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(triton.grpc_url)
+
+    def _live(self, triton: TritonProcess) -> bool:
+        client = self._grpc(triton)
+        try:
+            return client.is_server_live(client_timeout=self.settings.probe_timeout_s)
+        except Exception:  # any failure to answer is "not live"
+            return False
+        finally:
+            client.close()
+
+    def _probe_models(self) -> dict[str, str | None]:
+        """Each model's error on a tiny inference, None where it answered."""
+        client = self._grpc(self.triton)
+        results = {}
+        try:
+            for model in SERVED_MODELS:
+                try:
+                    client.infer(model, probe_inputs(model), headers=self.headers, client_timeout=self.settings.probe_timeout_s)
+                    results[model] = None
+                    self._timeouts[model] = 0
+                except Exception as err:  # the probe's whole point: any failure means not ready
+                    results[model] = str(err) or type(err).__name__
+        finally:
+            client.close()
+        return results
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _count_recovery(self) -> bool:
+        """Record a recovery; past the budget, stop everything and return False."""
+        now = time.monotonic()
+        self._recoveries.append(now)
+        while self._recoveries and now - self._recoveries[0] > self.settings.failure_window_s:
+            self._recoveries.popleft()
+        if len(self._recoveries) <= self.settings.max_failures:
+            return True
+        self.failed = (f"giving up: {len(self._recoveries)} recoveries within {self.settings.failure_window_s:g} s "
+                       f"(--max-failures {self.settings.max_failures}); the last problem: {self._last_event}")
+        log.error("supervisor: %s", self.failed)
+        self._event("gave_up", self.failed)
+        with self._lock:
+            self.triton.stop()
+        self._publish({}, reason=self.failed)
+        return False
+
+    def _reload(self, model: str) -> None:
+        start = time.monotonic()
+        try:
+            self.triton.unload(model)
+            self.load(self.triton, model)
+        except Exception as err:  # Triton refused or died meanwhile: the next round sees it
+            self._event("reload_failed", f"{model}: {err}")
+            return
+        self._timeouts[model] = 0
+        self._event("model_reloaded", f"{model} in {time.monotonic() - start:.1f} s")
+
+    def _restart(self) -> None:
+        """Stop what is left of Triton (its orphaned stubs too) and launch it again, with doubling
+        pauses between failed attempts."""
+        backoff = 1.0
+        while not self._stop.is_set():
+            if not self._count_recovery():
+                return
+            with self._lock:
+                left = self.triton.stop()
+            if left:
+                self._event("orphans_killed", f"{left} processes of the dead tritonserver")
+            start = time.monotonic()
+            try:
+                triton = self.launch()
+            except TokfilterError as err:
+                self._event("restart_failed", str(err).splitlines()[0])
+                self._stop.wait(backoff)
+                backoff = min(2 * backoff, self.settings.max_backoff_s)
+                continue
+            with self._lock:
+                if self._stop.is_set():  # stopped meanwhile: this server must not outlive stop()
+                    triton.stop()
+                    return
+                self.triton = triton
+            self._stubs = set()
+            self._event("triton_restarted", f"in {time.monotonic() - start:.1f} s")
+            return
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def _event(self, name: str, detail: str) -> None:
+        self.events[name] += 1
+        self._last_event = f"{name}: {detail}"
+        log.warning("supervisor: %s", self._last_event)
+
+    def _publish(self, results: dict[str, str | None], reason: str | None = None) -> None:
+        """Write the status file atomically (the gateway reads it at every probe)."""
+        models = {m: {"ready": results.get(m, "unchecked") is None, "error": results.get(m, reason or "unchecked")}
+                  for m in SERVED_MODELS}
+        status = {"ready": reason is None and all(r["ready"] for r in models.values()), "models": models, "reason": reason,
+                  "checked_at": time.time(), "events": dict(self.events), "failed": self.failed,
+                  "triton_pid": self.triton.proc.pid if self.triton else None}
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.status_path)
