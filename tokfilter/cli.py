@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("tokfilter.training.pretrain.tokenizer", "train the BPE tokenizer used for pretraining"),
     "filter": ("tokfilter.clients.filter_cli", "stream a corpus through the filter and write masked shards"),
     "inspect": ("tokfilter.clients.shards.inspect", "show shard documents in the training tokens, masked tokens marked"),
+    "export": ("tokfilter.clients.export.cli", "write masked shards in a trainer's format: olmo-core, megatron, hf, mds"),
     "pretrain": ("tokfilter.training.pretrain.train", "masked pretraining of a small GPT on shards"),
     "evaluate": ("tokfilter.training.pretrain.evaluate", "held-out losses, multiple choice and adversarial fine-tuning"),
     "experiment": ("tokfilter.training.experiments.run", "run a grid of pretraining runs and write a report"),
