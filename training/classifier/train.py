@@ -407,12 +407,17 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
     return asdict(card)
 
 
-def main(args: argparse.Namespace) -> int:
-    config = TrainConfig(
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The settings the flags give; without --max-steps, the task's default step count."""
+    return TrainConfig(
         task=args.task, layers=args.layers, max_steps=DEFAULT_MAX_STEPS[args.task] if args.max_steps is None else args.max_steps, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, stride=args.stride, seed=args.seed, label_noise=args.label_noise,
         calibration_docs=args.calibration_docs,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     out = args.out or (paths.TOKEN_MODEL_DIR if args.task == "token" else paths.DOC_MODEL_DIR)
     card = train_classifier(config, args.corpus, out, threads=args.threads)
     print(json.dumps({"model_dir": str(out), "threshold": card["threshold"], "threshold_recall95": card["threshold_recall95"],

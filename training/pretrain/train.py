@@ -250,12 +250,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def main(args: argparse.Namespace) -> int:
-    config = PretrainConfig(
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """The run settings the flags give."""
+    return PretrainConfig(
         out_dir=args.out, size=args.size, run_type=args.run_type, threshold=args.threshold, seq_len=args.seq_len,
         batch_size=args.batch_size, token_budget=args.token_budget, lr=args.lr, warmup_fraction=args.warmup_fraction,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device, resume=args.resume,
     )
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     config.validate()
     if not Path(args.shards).is_dir():
         raise TokfilterError(f"shards: {args.shards} is not a directory (run `tokfilter filter`)")
