@@ -369,8 +369,8 @@ def validate_config(config: TrainConfig) -> None:
         raise TokfilterError(f"--max-length must be in [8, 512] (encoder positions), got {config.max_length}")
     if not 0 <= config.stride < config.max_length - 2:
         raise TokfilterError(f"--stride must be in [0, max_length - 2) = [0, {config.max_length - 2}), got {config.stride}")
-    if not 0 <= config.label_noise < 0.5:
-        raise TokfilterError(f"--label-noise must be in [0, 0.5), got {config.label_noise}")
+    if not 0 <= config.label_noise <= 0.5:  # 0.5: labels carry no information (the ablation's end point)
+        raise TokfilterError(f"--label-noise must be in [0, 0.5], got {config.label_noise}")
     if config.calibration_docs < 1:
         raise TokfilterError(f"--calibration-docs must be >= 1, got {config.calibration_docs}")
     if not config.lr > 0:
