@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc-model", default=DEFAULTS.doc_model)
     parser.add_argument("--threshold", type=float, help="token threshold for the flagged counts (default: the model card's)")
     parser.add_argument("--doc-prefilter", type=float, metavar="LOW", help="documents with document score < LOW skip the token model")
-    parser.add_argument("--precision", choices=("fp32", "int8"), default=DEFAULTS.precision)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default=DEFAULTS.precision,
+                        help="model file to run in process (default fp32); with --server, the precision the server must serve (default: what it serves)")
     parser.add_argument("--text-field", default=DEFAULTS.text_field)
     parser.add_argument("--id-field", default=DEFAULTS.id_field)
     parser.add_argument("--on-error", choices=ON_ERROR, default=DEFAULTS.on_error, help="malformed records: skip (counted) or fail")

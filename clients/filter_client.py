@@ -3,8 +3,9 @@
 Tokenization, windowing and stitching run client-side in the shared pipeline
 (``tokfilter.scoring``); only window batches travel. The worker count of a thread pool bounds the
 requests in flight. The tokenizer comes from a local export of the token model; the server
-publishes the windowing, threshold and tokenizer digest of the model it runs, and a client whose
-tokenizer differs is refused.
+publishes the identity of each model it runs (``tokfilter.identity``: model file digest, precision,
+threshold, windowing, tokenizer digest), which ``identities`` holds, and a client whose tokenizer
+differs is refused.
 
 A request that fails because the server is briefly away (restarting, a model reloading after its
 stub died: gRPC UNAVAILABLE, "not healthy", "not ready", unknown model) is retried with backoff on
@@ -25,6 +26,7 @@ import numpy as np
 
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
+from tokfilter.identity import identity_from_parameters
 from tokfilter.inference import forget_probability
 from tokfilter.modelcard import config_parameters, load_model_card
 from tokfilter.paths import TOKEN_MODEL_DIR
@@ -162,15 +164,17 @@ class FilterClient:
         if not tokenizer_path.is_file():
             raise TokfilterError(f"tokenizer not found: {tokenizer_path} (pass model_dir= the exported token model)")
         self.server_models = self._served_models()
-        token = self._windowing(TOKEN_MODEL, model_dir, file_sha256(tokenizer_path))
-        doc = self._windowing(DOC_MODEL, model_dir, file_sha256(tokenizer_path)) if use_doc_model and DOC_MODEL in self.server_models else None
+        digest = file_sha256(tokenizer_path)
+        served = [m for m in (TOKEN_MODEL, DOC_MODEL) if m in self.server_models and (use_doc_model or m == TOKEN_MODEL)]
+        self.identities = {model: self._identity(model, model_dir, digest) for model in served}
+        token, doc = self.identities[TOKEN_MODEL], self.identities.get(DOC_MODEL)
         self.model_name = token["model_name"]
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="tokfilter-client")
         self.pipeline = ScoringPipeline(
             load_tokenizer(tokenizer_path),
-            ScoredModel(self._scorer(TOKEN_MODEL, token["output"], timeout), token["max_length"], token["stride"]),
+            ScoredModel(self._scorer(TOKEN_MODEL, timeout), token["max_length"], token["stride"]),
             token["threshold"],
-            doc_model=ScoredModel(self._scorer(DOC_MODEL, doc["output"], timeout), doc["max_length"], doc["stride"]) if doc else None,
+            doc_model=ScoredModel(self._scorer(DOC_MODEL, timeout), doc["max_length"], doc["stride"]) if doc else None,
             max_batch_tokens=max_batch_tokens,
             executor=self._executor,
         )
@@ -179,7 +183,8 @@ class FilterClient:
     def threshold(self) -> float:
         return self.pipeline.threshold
 
-    def _scorer(self, model: str, output: str, timeout: float | None) -> TritonWindowScorer:
+    def _scorer(self, model: str, timeout: float | None) -> TritonWindowScorer:
+        output = self.server_models[model]["output"][0]["name"]
         return TritonWindowScorer(self.address, model, output, timeout, self.api_key, self.retry_deadline_s)
 
     def _served_models(self) -> dict[str, dict]:
@@ -204,20 +209,19 @@ class FilterClient:
             raise InferenceServerException(f"model {TOKEN_MODEL!r} is not ready")
         return ready
 
-    def _windowing(self, model: str, model_dir: Path, tokenizer_digest: str) -> dict:
-        """Windowing and threshold the server publishes for ``model`` (else the local card's)."""
-        config = self.server_models[model]
-        params = config_parameters(config)
-        output = config["output"][0]["name"]
-        if "max_length" not in params:  # a config without published parameters (native GPU backend)
+    def _identity(self, model: str, model_dir: Path, tokenizer_digest: str) -> dict:
+        """The identity the server publishes for ``model``. A config that publishes none (the
+        native GPU backend) gets the local card's windowing and threshold, and no precision or
+        model file digest (the server did not say what it runs)."""
+        identity = identity_from_parameters(config_parameters(self.server_models[model]), f"model {model!r} on grpc://{self.address}")
+        if identity is None:
             card = load_model_card(model_dir.parent / model if model != TOKEN_MODEL else model_dir)
-            return {"max_length": card.max_length, "stride": card.stride, "threshold": card.threshold,
-                    "model_name": card.name, "output": output}
-        if params["tokenizer_sha256"] != tokenizer_digest:
+            return {"model_name": card.name, "precision": None, "onnx_sha256": None, "threshold": card.threshold,
+                    "max_length": card.max_length, "stride": card.stride, "tokenizer_sha256": tokenizer_digest}
+        if identity["tokenizer_sha256"] != tokenizer_digest:
             raise TokfilterError(f"the tokenizer in {model_dir} differs from the one served for {model!r}; "
                                  "pass model_dir= the export the server runs")
-        return {"max_length": int(params["max_length"]), "stride": int(params["stride"]),
-                "threshold": float(params["threshold"]), "model_name": params["model_name"], "output": output}
+        return identity
 
     def filter(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
         """Scores of each text; spans use ``threshold`` (default: the served model's)."""

@@ -18,9 +18,8 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
-from tokfilter.modelcard import load_model_card
+from tokfilter.identity import identity_parameters, model_identity
 from tokfilter.paths import MODEL_CONFIGS_DIR, MODEL_REPO_DIR, MODELS_DIR
 
 WINDOW_MODELS = ("token_classifier", "doc_classifier")
@@ -39,15 +38,15 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
 
 def served_config(repo: Path, model: str, instances: int | None, ort_threads: int | None, precision: str | None) -> str:
     """The committed config of ``model`` as the JSON Triton's load API takes, with the asked-for
-    overrides, and for window models the windowing and tokenizer digest clients check against."""
+    overrides, and for window models the identity of the model file served at that precision
+    (``tokfilter.identity``), which clients record and check against."""
     config = parse_config(repo / model / "config.pbtxt")
+    if precision is not None:
+        config.parameters["precision"].string_value = precision
     if model in WINDOW_MODELS:
-        version_dir = repo / model / VERSION
-        card = load_model_card(version_dir)
-        served = {"max_length": card.max_length, "stride": card.stride, "threshold": card.threshold,
-                  "model_name": card.name, "tokenizer_sha256": file_sha256(version_dir / "tokenizer.json")}
-        for key, value in served.items():
-            config.parameters[key].string_value = str(value)
+        served = model_identity(repo / model / VERSION, config.parameters["precision"].string_value or "fp32")
+        for key, value in identity_parameters(served).items():
+            config.parameters[key].string_value = value
     if instances is not None:
         if instances < 1:
             raise TokfilterError(f"--instances must be >= 1, got {instances}")
@@ -55,8 +54,6 @@ def served_config(repo: Path, model: str, instances: int | None, ort_threads: in
             group.count = instances
     if ort_threads is not None:
         config.parameters["ort_threads"].string_value = str(ort_threads)
-    if precision is not None:
-        config.parameters["precision"].string_value = precision
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 

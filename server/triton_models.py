@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tokfilter.errors import TokfilterError
+from tokfilter.identity import identity_difference, identity_from_parameters, model_identity
 from tokfilter.inference import OnnxWindowScorer, served_device
 from tokfilter.modelcard import config_parameters
 from tokfilter.scoring import ScoringPipeline, max_batch_tokens_for, score_window_requests
@@ -33,6 +35,17 @@ def scorer_factory(parameters: dict, device: str):
     precision = parameters.get("precision", "fp32")
     threads = int(os.environ.get("TOKFILTER_ORT_THREADS") or parameters.get("ort_threads", "0")) or None
     return lambda model_dir: OnnxWindowScorer(model_dir, precision=precision, threads=threads, device=device)
+
+
+def check_loaded_identity(name: str, model_dir: Path, parameters: dict) -> None:
+    """Refuse to serve files other than those whose identity the config publishes to clients (the
+    launcher computed it before the load; a model file replaced in between would be misnamed)."""
+    published = identity_from_parameters(parameters, f"config of {name!r}")
+    if published is None:
+        return
+    difference = identity_difference(published, model_identity(model_dir, published["precision"]))
+    if difference:
+        raise TokfilterError(f"{name}: the loaded model differs from the identity its config publishes ({difference})")
 
 
 class TritonPythonModel:
@@ -52,6 +65,7 @@ class TritonPythonModel:
             )
         else:
             self.scorer = make_scorer(repo / self.name / version)
+            check_loaded_identity(self.name, repo / self.name / version, parameters)
             self.output = config["output"][0]["name"]
             self.per_token = [int(d) for d in config["output"][0]["dims"]] == [-1]  # [-1]: per position; [1]: per window
             self.max_batch_tokens = max_batch_tokens

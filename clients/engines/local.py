@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from tokfilter import paths
-from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, FilterClient
+from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, DOC_MODEL, TOKEN_MODEL, FilterClient
 from tokfilter.clients.projection import TargetTokenizer, project
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
 from tokfilter.clients.shards.writer import (
@@ -33,9 +33,8 @@ from tokfilter.clients.shards.writer import (
     remove_unlisted_shards,
     token_dtype,
 )
-from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
-from tokfilter.modelcard import load_model_card
+from tokfilter.identity import identity_difference, model_identity
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
 ON_ERROR = ("skip", "fail")
@@ -51,7 +50,7 @@ class FilterSettings:
     target_tokenizer: str = str(paths.TARGET_TOKENIZER)
     threshold: float | None = None  # None: the token model card's threshold
     doc_prefilter: float | None = None
-    precision: str = "fp32"
+    precision: str | None = None  # None: fp32 in process; with a server, whatever it serves
     text_field: str = "text"
     id_field: str = "id"
     on_error: str = "skip"
@@ -89,8 +88,7 @@ class FilterSettings:
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
-        keys = ("precision", "text_field", "id_field", "on_error", "buffer_docs", "shard_tokens", "max_batch_tokens",
-                "doc_prefilter")
+        keys = ("text_field", "id_field", "on_error", "buffer_docs", "shard_tokens", "max_batch_tokens", "doc_prefilter")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -106,13 +104,48 @@ class FilteredDoc:
     prefiltered: bool
 
 
-def model_metadata(model_dir: str, precision: str) -> dict:
-    card = load_model_card(model_dir)
-    onnx = Path(model_dir) / ("model.int8.onnx" if precision == "int8" else "model.onnx")
-    if not onnx.is_file():
-        raise TokfilterError(f"model file not found: {onnx} (run `tokfilter train-classifier`)")
-    return {"dir": str(model_dir), "name": card.name, "sha256": file_sha256(onnx), "threshold": card.threshold,
-            "max_length": card.max_length, "stride": card.stride}
+MODEL_KEYS = {"token_model": TOKEN_MODEL, "doc_model": DOC_MODEL}  # manifest key -> served model
+
+
+def scoring_models(settings: FilterSettings) -> dict:
+    """What scores the corpus, as both engines record it in the manifest and ``--resume`` compares
+    it: the token threshold and the identity (``tokfilter.identity``) of the token and document
+    models. With ``--server``, the identity each endpoint publishes for the files it loaded (every
+    endpoint must serve the same models); in process, that of the local exports."""
+    if settings.server:
+        urls = settings.server.split(",")
+        models = served_models(settings, urls[0])[1]
+        for url in urls[1:]:
+            check_same_models(models, served_models(settings, url)[1], f"--server: {url} serves another {{key}} than {urls[0]}")
+    else:
+        precision = settings.precision or "fp32"
+        models = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+    threshold = models["token_model"]["threshold"] if settings.threshold is None else settings.threshold
+    return {"threshold": threshold, **models}
+
+
+def served_models(settings: FilterSettings, url: str) -> tuple[FilterClient, dict]:
+    """A client of ``url`` (its own thread pool closed: callers schedule its scorers) and the
+    identities it publishes for the token and the document model."""
+    client = FilterClient(url, settings.token_model, max_in_flight=1, api_key=settings.api_key,
+                          retry_deadline_s=settings.retry_deadline_s)
+    client.close()
+    if DOC_MODEL not in client.identities:
+        raise TokfilterError(f"server {url} does not serve the document model {DOC_MODEL!r}")
+    models = {key: client.identities[model] for key, model in MODEL_KEYS.items()}
+    for key, identity in models.items():
+        if settings.precision not in (None, identity["precision"]) and identity["precision"] is not None:
+            raise TokfilterError(f"--precision {settings.precision}: {url} serves {key} at {identity['precision']} "
+                                 f"(serve it with `tokfilter serve --precision {settings.precision}`, or leave --precision out)")
+    return client, models
+
+
+def check_same_models(expected: dict, found: dict, message: str) -> None:
+    """Raise ``message`` (``{key}`` filled in) with the first identity field that differs."""
+    for key in MODEL_KEYS:
+        difference = identity_difference(expected[key], found[key])
+        if difference:
+            raise TokfilterError(f"{message.format(key=key)} ({difference})")
 
 
 class ChunkFilter:
@@ -120,20 +153,19 @@ class ChunkFilter:
 
     Models run in process (ONNX Runtime) or, with ``server``, on Triton through ``FilterClient``'s
     window scorers, with at most ``max_in_flight`` requests in flight; they retry what a healing
-    server fails for up to ``retry_deadline_s``, so a run rides out a server restart."""
+    server fails for up to ``retry_deadline_s``, so a run rides out a server restart. ``models``
+    (``scoring_models``) is what the run records; models that differ from it are refused (a server
+    restarted with another model, a node holding another copy of an export)."""
 
-    def __init__(self, settings: FilterSettings, server: str | None = None):
+    def __init__(self, settings: FilterSettings, models: dict, server: str | None = None):
         self.settings = settings
         self.target = TargetTokenizer(settings.target_tokenizer)
         server = server or settings.server
         batch_tokens = settings.batch_tokens(remote=bool(server))
         if server:
-            client = FilterClient(server, settings.token_model, max_in_flight=1, api_key=settings.api_key,
-                                  retry_deadline_s=settings.retry_deadline_s)
-            client.close()
+            client, found = served_models(settings, server)
+            check_same_models(models, found, f"server {server} serves another {{key}} than the one this run records")
             served = client.pipeline
-            if served.doc_model is None:
-                raise TokfilterError(f"server {server} does not serve the document model 'doc_classifier'")
             executor = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="tokfilter-filter")
             self.pipeline = ScoringPipeline(
                 served.tokenizer, served.token_model, served.threshold, served.doc_model,
@@ -142,12 +174,15 @@ class ChunkFilter:
         else:
             from tokfilter.inference import OnnxWindowScorer
 
+            precision = settings.precision or "fp32"
+            found = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+            check_same_models(models, found, "the local {key} differs from the one this run records")
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
                 settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
-                make_scorer=lambda d: OnnxWindowScorer(d, precision=settings.precision, threads=settings.threads),
+                make_scorer=lambda d: OnnxWindowScorer(d, precision=precision, threads=settings.threads),
             )
-        self.threshold = self.pipeline.threshold if settings.threshold is None else settings.threshold
+        self.threshold = models["threshold"]
         self.token_only = ScoringPipeline(
             self.pipeline.tokenizer, self.pipeline.token_model, self.threshold,
             max_batch_tokens=batch_tokens, executor=executor,
@@ -209,17 +244,18 @@ class InputProgress:
 
 
 def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, target: TargetTokenizer,
-                   threshold: float, resume: bool) -> dict:
-    """A fresh manifest, or the one of the run being resumed (checked to use the same settings)."""
+                   models: dict, resume: bool) -> dict:
+    """A fresh manifest recording ``models`` (``scoring_models``), or the one of the run being
+    resumed (checked to use the same settings and models)."""
     check_inputs(inputs)
     manifest = {
         "format": FORMAT, "version": FORMAT_VERSION,
         "dtype": token_dtype(target.vocab_size).name, "eot_id": target.eot_id, "hidden_id": target.hidden_id,
-        "threshold": threshold,
+        "threshold": models["threshold"],
         "settings": settings.identity(),
         "target_tokenizer": target.metadata(),
-        "token_model": model_metadata(settings.token_model, settings.precision),
-        "doc_model": model_metadata(settings.doc_model, settings.precision),
+        "token_model": models["token_model"],
+        "doc_model": models["doc_model"],
         "inputs": [{"path": p, "records_read": 0, "done": False} for p in inputs],
         "shards": [], "counts": {}, "complete": False,
     }
@@ -230,9 +266,11 @@ def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, t
     if STDIN in inputs:
         raise TokfilterError("--resume cannot continue reading stdin ('-'): give files")
     old = read_manifest(out_dir)
-    for key in ("dtype", "eot_id", "hidden_id", "threshold", "settings", "target_tokenizer", "token_model", "doc_model"):
+    for key in ("dtype", "eot_id", "hidden_id", "threshold", "settings", "target_tokenizer"):
         if old.get(key) != manifest[key]:
             raise TokfilterError(f"--resume: {key} differs from the run in {out_dir} ({old.get(key)} != {manifest[key]})")
+    check_same_models({key: old.get(key) or {} for key in MODEL_KEYS}, manifest,
+                      f"--resume: {{key}} differs from the one that scored the run in {out_dir}; resume with that model")
     if [i["path"] for i in old["inputs"]] != inputs:
         raise TokfilterError(f"--resume: INPUT must be the same files as the run in {out_dir}: {[i['path'] for i in old['inputs']]}")
     remove_unlisted_shards(out_dir, old)
@@ -275,8 +313,9 @@ def run_local(inputs: list[str], out_dir: Path, settings: FilterSettings, resume
     out_dir = Path(out_dir)
     if settings.server and "," in settings.server:
         raise TokfilterError("--server: the local engine takes one endpoint; use --engine ray for several")
-    chunk_filter = ChunkFilter(settings)
-    manifest = prepare_output(inputs, out_dir, settings, chunk_filter.target, chunk_filter.threshold, resume)
+    models = scoring_models(settings)
+    chunk_filter = ChunkFilter(settings, models)
+    manifest = prepare_output(inputs, out_dir, settings, chunk_filter.target, models, resume)
     if manifest["complete"]:
         return manifest
     return write_run(inputs, out_dir, manifest, settings, show_progress,

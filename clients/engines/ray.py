@@ -22,25 +22,26 @@ from tokfilter.clients.engines.local import (
     FilterSettings,
     buffer_texts,
     prepare_output,
+    scoring_models,
     write_run,
 )
 from tokfilter.clients.projection import TargetTokenizer
 from tokfilter.errors import TokfilterError
-from tokfilter.modelcard import load_model_card
 
 
 class FilterActor:
-    """A Ray Data actor: one ``ChunkFilter`` per endpoint it is handed (or one in-process)."""
+    """A Ray Data actor: one ``ChunkFilter`` per endpoint it is handed (or one in-process), each
+    checked to run the ``models`` the driver recorded."""
 
-    def __init__(self, settings: dict):
-        self.settings = FilterSettings(**settings)
+    def __init__(self, settings: dict, models: dict):
+        self.settings, self.models = FilterSettings(**settings), models
         self.filters: dict[str, ChunkFilter] = {}
 
     def __call__(self, batch: dict) -> dict:
         out = []
         for texts, server in zip(batch["texts"], batch["server"]):
             if server not in self.filters:
-                self.filters[server] = ChunkFilter(self.settings, server=server or None)
+                self.filters[server] = ChunkFilter(self.settings, self.models, server=server or None)
             docs = self.filters[server]([str(t) for t in texts])
             out.append(pickle.dumps([asdict(d) for d in docs]))
         return {"index": batch["index"], "docs": np.array(out, dtype=object)}
@@ -57,8 +58,8 @@ def run_ray(inputs: list[str], out_dir: Path, settings: FilterSettings, resume: 
         raise TokfilterError(f"--ray-actors must be >= 1, got {actors}")
     out_dir = Path(out_dir)
     target = TargetTokenizer(settings.target_tokenizer)
-    threshold = load_model_card(settings.token_model).threshold if settings.threshold is None else settings.threshold
-    manifest = prepare_output(inputs, out_dir, settings, target, threshold, resume)
+    models = scoring_models(settings)
+    manifest = prepare_output(inputs, out_dir, settings, target, models, resume)
     if manifest["complete"]:
         return manifest
     if not ray.is_initialized():
@@ -73,7 +74,7 @@ def run_ray(inputs: list[str], out_dir: Path, settings: FilterSettings, resume: 
             n_buffers += len(wave)
             results = (
                 ray.data.from_items(rows)
-                .map_batches(FilterActor, fn_constructor_kwargs={"settings": asdict(settings)}, batch_size=1,
+                .map_batches(FilterActor, fn_constructor_kwargs={"settings": asdict(settings), "models": models}, batch_size=1,
                              concurrency=actors, num_cpus=1)
                 .take_all()
             )
