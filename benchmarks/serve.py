@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from tokfilter import paths
-from tokfilter.errors import TokfilterError
 from tokfilter.inference import OnnxWindowScorer, import_onnxruntime, served_device
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_REQUEST_TOKENS, ScoringPipeline, max_batch_tokens_for
+from tokfilter.training.corpus.build import read_corpus
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {"b_over_a": 0.9, "b_over_d": 2.0, "gateway_overhead_max": 0.2}
@@ -57,10 +57,7 @@ GPU_AIM_TOKENS_PER_S = 1_000_000  # (b) on one H100/H200, full system (token and
 
 def benchmark_texts(corpus_dir: Path, n_docs: int, seed: int = 0) -> list[str]:
     """Test documents as they are (short) plus one in four made long by joining ten of them."""
-    path = corpus_dir / "test.jsonl"
-    if not path.is_file():
-        raise TokfilterError(f"corpus not found: {path} (run `tokfilter build-corpus` or pass --corpus)")
-    docs = [json.loads(line)["text"] for line in path.open()]
+    docs = [doc["text"] for doc in read_corpus(corpus_dir / "test.jsonl")]
     rng = random.Random(seed)
     texts = []
     for i in range(n_docs):

@@ -9,7 +9,7 @@ is written to masked shards through the server, and everything is stopped.
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -62,16 +62,6 @@ def highlight(text: str, spans, width: int = 500) -> str:
     return ("... " if start else "") + "".join(out) + (" ..." if end < len(text) else "")
 
 
-def read_docs(path: Path, limit: int) -> list[dict]:
-    docs = []
-    with path.open() as f:
-        for line in f:
-            docs.append(json.loads(line))
-            if len(docs) == limit:
-                break
-    return docs
-
-
 def build_missing(size: str) -> None:
     corpus_manifest = paths.CORPUS_DIR / "manifest.json"
     if corpus_manifest.exists():
@@ -97,13 +87,14 @@ def filter_through_server(shards_dir: Path) -> None:
     from tokfilter.clients import FilterClient
     from tokfilter.server.serve import running_server
     from tokfilter.server.triton import free_port
+    from tokfilter.training.corpus.build import read_corpus
 
     test_split = paths.CORPUS_DIR / "test.jsonl"
     ports = {name: free_port() for name in ("grpc_port", "http_port", "metrics_port", "gateway_port")}
     print("\n# starting Triton and the REST gateway", flush=True)
     with running_server(**ports) as endpoints:
         print(f"  gRPC {endpoints.grpc_url}  HTTP {endpoints.http_url}  metrics {endpoints.metrics_url}  gateway {endpoints.gateway_url}")
-        docs = read_docs(test_split, THROUGHPUT_DOCS)
+        docs = list(itertools.islice(read_corpus(test_split), THROUGHPUT_DOCS))
         mixed = [d for d in docs if d["meta"]["domain"] == "mixed"][:SAMPLE_DOCS] or docs[:SAMPLE_DOCS]
         with FilterClient(endpoints.grpc_url) as client:
             print(f"\n# {len(mixed)} mixed test documents through FilterClient (gRPC), threshold {client.threshold:.3f}")

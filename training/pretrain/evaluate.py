@@ -25,6 +25,7 @@ import torch
 
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
+from tokfilter.training.corpus.build import read_corpus
 from tokfilter.training.corpus.domains import FORGET, PASSAGE_DOMAINS, RETAIN  # noqa: F401 (RETAIN re-exported to the experiments)
 from tokfilter.training.pretrain.model import GPT, IGNORE_INDEX, load_model
 from tokfilter.windows import load_tokenizer
@@ -47,13 +48,6 @@ class Question:
     term: str
     options: tuple[str, ...]
     answer: int
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        raise TokfilterError(f"corpus: {path} not found (run `tokfilter build-corpus`)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def domain_passages(docs: list[dict], domains: tuple[str, ...] = DOMAINS) -> dict[str, list[str]]:
@@ -134,15 +128,15 @@ class Evaluator:
             raise TokfilterError(f"tokenizer: {tokenizer_path} has no {EOT} token")
         encode = lambda texts: [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]  # noqa: E731
         corpus_dir = Path(corpus_dir)
-        test_passages = domain_passages(read_jsonl(corpus_dir / "test.jsonl"))
+        test_passages = domain_passages(read_corpus(corpus_dir / "test.jsonl"))
         self.loss_sets: dict[str, list[list[int]]] = {}
         for domain, texts in test_passages.items():
             chunks = []
             for ids in encode(texts[: config.max_passages]):
                 chunks.extend(chunk_sequence([self.eot] + ids, seq_len))
             self.loss_sets[domain] = chunks
-        self.questions = self._questions(read_jsonl(corpus_dir / "items.jsonl"), encode)
-        self.forget_train = self._packed_stream(encode(domain_passages(read_jsonl(corpus_dir / "train.jsonl"), (FORGET,))[FORGET]))
+        self.questions = self._questions(list(read_corpus(corpus_dir / "items.jsonl")), encode)
+        self.forget_train = self._packed_stream(encode(domain_passages(read_corpus(corpus_dir / "train.jsonl"), (FORGET,))[FORGET]))
 
     def _questions(self, items: list[dict], encode) -> dict[str, list[tuple[Question, list[list[int]], int]]]:
         by_domain: dict[str, list] = defaultdict(list)
