@@ -25,7 +25,7 @@ from tokfilter.clients.shards.writer import open_shards
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import HIDDEN_TOKEN
 
-MODES = ("mask", "remove")
+TOKEN_MODES = ("mask", "remove")  # the MaskedShards modes that act on single tokens
 # two shades of red for flagged tokens, alternating so that token boundaries stay visible
 ANSI_FLAGGED = ("\x1b[1;97;41m", "\x1b[1;97;48;5;124m")
 ANSI_HEADER = "\x1b[1;36m"
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", action="append", metavar="ID", help="document id to show (repeatable; default: the first --limit)")
     parser.add_argument("--limit", type=int, default=3, help="documents shown without --doc (default: %(default)s)")
     parser.add_argument("--threshold", type=float, help="token threshold (default: the one the shards were written with)")
-    parser.add_argument("--mode", choices=MODES, default="mask", help="mask: flagged tokens marked; remove: shown as [hidden]")
+    parser.add_argument("--mode", choices=TOKEN_MODES, default="mask", help="mask: flagged tokens marked; remove: shown as [hidden]")
     parser.add_argument("--target-tokenizer", type=Path, help="the training tokenizer (default: the path in the manifest)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="ANSI colour: auto = when stdout is a terminal and NO_COLOR is unset")
