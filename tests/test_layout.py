@@ -101,3 +101,20 @@ def test_pyproject_lists_every_package_and_the_experiment_configs():
     assert set(setuptools["packages"]) == on_disk | data_only
     assert "configs/*.json" in setuptools["package-data"]["tokfilter.training.experiments"]
     assert list((ROOT / "training" / "experiments" / "configs").glob("*.json"))
+
+
+def test_readme_layout_table_names_every_package_folder():
+    """The README's layout table is the map of the tree: each package folder has a row, or is named
+    in its parent folder's row (as ``ops/`` is in ``training/pretrain/``'s)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout"):]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
+    missing = []
+    for init in sorted(p for folder in FOLDERS.values() for p in (ROOT / folder).rglob("__init__.py")):
+        if not [m for m in init.parent.glob("*.py") if m.name != "__init__.py"]:
+            continue  # a folder of subpackages only (training/): its subfolders have the rows
+        folder = init.parent.relative_to(ROOT).as_posix() + "/"
+        parent = init.parent.parent.relative_to(ROOT).as_posix() + "/"
+        if folder not in rows and f"`{init.parent.name}/`" not in rows.get(parent, ""):
+            missing.append(folder)
+    assert not missing, f"README layout table lacks {missing}"
