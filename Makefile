@@ -5,12 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tokfilter-installed
 SOURCES := artifacts/sources
 
-.PHONY: demo test install sources clean
+.PHONY: demo test install sources chromium clean
 
 demo: install sources
 	$(BIN)/tokfilter demo
 
-test: install sources
+test: install sources chromium
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
@@ -38,6 +38,11 @@ $(SOURCES)/go/GO.sqlite:
 	dpkg-deb -x $(SOURCES)/deb/r-bioc-go.db_*.deb $(SOURCES)/deb/root
 	find $(SOURCES)/deb/root -name GO.sqlite -exec cp {} $@ \;
 	test -s $@
+
+# Headless Chromium and its driver, for the browser test of the inspection page (tests/test_serve_page.py)
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 
 clean:
 	rm -rf artifacts $(VENV)

@@ -37,6 +37,7 @@ from tokfilter.scoring import hide_spans, safe_text
 from tokfilter.server.supervisor import read_status, status_is_ready
 
 log = logging.getLogger("tokfilter.gateway")
+from tokfilter.server.page import add_page
 
 
 class Limits(BaseModel):
@@ -54,6 +55,8 @@ class FilterRequest(BaseModel):
     documents: list[Document]
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     mode: Literal["spans", "remove"] = "spans"
+    tokens: bool = Field(default=False, description="also return each document's classifier tokens: character "
+                         "offsets and probabilities, from which a client derives spans at any threshold")
 
 
 class SpanOut(BaseModel):
@@ -62,12 +65,22 @@ class SpanOut(BaseModel):
     score: float
 
 
+class TokenScores(BaseModel):
+    """The classifier's tokens of one document, in text order (``"tokens": true``)."""
+
+    offsets: list[tuple[int, int]] = Field(description="half-open [start, end) code-point offsets of each token in the text")
+    probs: list[float] = Field(description="p(forget) of each token (float32 values). A character inside a token takes its "
+                               "probability, a character between two tokens the lower of its neighbours' (0 before the first "
+                               "and after the last token); spans are the runs of characters >= the threshold")
+
+
 class DocumentResult(BaseModel):
     id: str
     doc_score: float | None
     spans: list[SpanOut]
     flagged_fraction: float
     text: str | None = None
+    tokens: TokenScores | None = Field(default=None, description="per-token scores, present when the request asks for tokens")
 
 
 class FilterResponse(BaseModel):
@@ -228,7 +241,7 @@ def create_app(make_client, status_path: Path, limits: Limits = Limits(), api_ke
             metrics.tokens.inc(len(score.token_ids))
             metrics.flagged.observe(score.flagged_fraction)
             shown = hide_spans(text, score.spans) if body.mode == "remove" else None
-            results.append(DocumentResult(id=doc.id, text=shown, **score.summary()))
+            results.append(DocumentResult(id=doc.id, text=shown, **score.summary(tokens=body.tokens)))
         metrics.documents.inc(len(results))
         return FilterResponse(model=client.model_name, threshold=threshold, results=results)
 
@@ -255,6 +268,7 @@ def create_app(make_client, status_path: Path, limits: Limits = Limits(), api_ke
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    add_page(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     return app
 

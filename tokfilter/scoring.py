@@ -76,13 +76,18 @@ class DocumentScores:
             return 0.0
         return float(np.mean(self.token_probs >= self.threshold))
 
-    def summary(self) -> dict:
-        """The JSON form served to clients: document score, spans and flagged-token fraction."""
-        return {
+    def summary(self, tokens: bool = False) -> dict:
+        """The JSON form served to clients: document score, spans and flagged-token fraction; with
+        ``tokens``, also each classifier token's code-point offsets and probability (float32 values),
+        from which a client derives spans at any threshold (``tokfilter.windows`` rule)."""
+        summary = {
             "doc_score": self.doc_score,
             "spans": [{"start": s.start, "end": s.end, "score": s.score} for s in self.spans],
             "flagged_fraction": self.flagged_fraction,
         }
+        if tokens:
+            summary["tokens"] = {"offsets": self.offsets.tolist(), "probs": self.token_probs.tolist()}
+        return summary
 
 
 @dataclass(frozen=True)
