@@ -3,7 +3,9 @@
 Documents are built from source items (sources.py): each item becomes one sentence-like passage
 ("term: definition", an ICD code line, a news article, a fortune); passages of one source form
 paragraphs; paragraphs form documents. Mixed documents are benign documents with a short medical
-paragraph inserted, so token filtering can beat document filtering. Splits are drawn per group of
+paragraph inserted, so token filtering can beat document filtering; interleaved documents
+(interleave.py) splice single sentences of the other side into documents of every domain, so a
+sentence's label cannot be read off its neighbours. Splits are drawn per group of
 items sharing a term, a definition or an ICD category, so no term or definition is in two splits.
 Decisions (anatomy and physiology, sizes, weak-label rules): docs/corpus.md.
 """
@@ -28,6 +30,7 @@ from tokfilter.errors import TokfilterError
 from tokfilter.paths import CORPUS_DIR
 from tokfilter.training.corpus import sources
 from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS
+from tokfilter.training.corpus.interleave import INTERLEAVED_DOCS_PER_DOC, interleaved_documents
 from tokfilter.training.corpus.sources import SourceInfo, SourceItem
 from tokfilter.training.corpus.weak_labels import Lexicon, build_lexicon, count_words, flip_label_spans, label_document
 
@@ -262,6 +265,16 @@ def compose_documents(items: Sequence[SourceItem], rng: random.Random) -> list[t
     return documents
 
 
+def with_interleaved(documents: list[tuple[str, list[_Paragraph]]], items: Sequence[SourceItem],
+                     rng: random.Random) -> list[tuple[str, list[_Paragraph]]]:
+    """The composed documents of a split plus INTERLEAVED_DOCS_PER_DOC interleaved documents per
+    document (interleave.py: sentences of the other side at random positions), shuffled together."""
+    extra = interleaved_documents(items, round(INTERLEAVED_DOCS_PER_DOC * len(documents)), rng)
+    documents = documents + [(domain, [_Paragraph(domain, p) for p in paragraphs]) for domain, paragraphs in extra]
+    rng.shuffle(documents)
+    return documents
+
+
 def _token_count(text: str) -> int:
     return len(TOKEN.findall(text))
 
@@ -293,8 +306,10 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
     rng = random.Random(seed)
     noise_rng = random.Random(f"{seed}:label-noise")  # own stream: noise never changes the texts
     stats: dict[str, dict] = {}
-    documents_of = {split: compose_documents([i for i in items if split_of[i.item_id] == split], rng)
-                    for split in SPLITS}
+    documents_of = {}
+    for split in SPLITS:
+        split_items = [i for i in items if split_of[i.item_id] == split]
+        documents_of[split] = with_interleaved(compose_documents(split_items, rng), split_items, rng)
     log.start_writing(sum(map(len, documents_of.values())))
     for split, documents in documents_of.items():
         split_stats = {"docs": Counter(), "tokens": Counter(), "chars": 0, "medicine_tokens": 0}

@@ -1,0 +1,66 @@
+"""Interleaved documents: sentences of the other side spliced into paragraphs at random positions.
+
+The composed documents of build.py are uniform, or carry one medical paragraph, so a classifier can
+read a sentence's label off its neighbours; on real prose it then misses a medical sentence inside a
+benign paragraph (issue 12). Here a host document of one domain (general, biology or medicine) gets
+0 to MAX_INSERTIONS sentences of the other side (medicine into benign hosts, general or biology into
+medical ones) at random sentence positions, so neighbours do not predict a sentence's label: only
+the sentence itself does. Sentence units are the corpus items (a definition renders as one
+sentence) and the sentences of prose items (news, fortunes), drawn from one split only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from tokfilter.sentences import split_sentences
+from tokfilter.training.corpus.domains import FORGET, GENERAL, MIXED, RETAIN
+from tokfilter.training.corpus.sources import SourceItem
+
+# Interleaved documents added per composed document of a split (docs/corpus.md).
+INTERLEAVED_DOCS_PER_DOC = 1.0
+HOST_DOMAINS = {GENERAL: 0.4, RETAIN: 0.3, FORGET: 0.3}  # host draw probabilities
+HOST_SENTENCES = (3, 12)
+MAX_INSERTIONS = 3  # 0..MAX_INSERTIONS, uniform: a quarter of the hosts stay pure, a cue-free negative
+HOST_PARAGRAPHS = (1, 3)
+
+
+def sentence_units(items: Sequence[SourceItem]) -> list[SourceItem]:
+    """One unit per sentence: a definition item is one sentence; a prose item (no term) gives one
+    unit per sentence, ids ``{item_id}#s{k}``, so its sentences can be spliced apart."""
+    units = []
+    for item in items:
+        if item.term:
+            units.append(item)
+            continue
+        for k, sentence in enumerate(split_sentences(item.definition)):
+            units.append(SourceItem(f"{item.item_id}#s{k}", item.source, item.domain, "", sentence, item.group))
+    return units
+
+
+def interleaved_documents(items: Sequence[SourceItem], n_docs: int, rng: random.Random) -> list[tuple[str, list[list[SourceItem]]]]:
+    """``n_docs`` documents as (domain, paragraphs of sentence units): a host of HOST_SENTENCES
+    sentences of one domain with 0..MAX_INSERTIONS sentences of the other side at random positions.
+    The domain is "mixed" when the document holds both sides, else the host's."""
+    pools: dict[str, list[SourceItem]] = defaultdict(list)
+    for unit in sentence_units(items):
+        pools[unit.domain].append(unit)
+    hosts = [d for d in HOST_DOMAINS if pools[d]]
+    if not hosts or not pools[FORGET] or not any(pools[d] for d in hosts if d != FORGET):
+        return []
+    weights = [HOST_DOMAINS[d] for d in hosts]
+    benign = [d for d in hosts if d != FORGET]
+    documents = []
+    for _ in range(n_docs):
+        host = rng.choices(hosts, weights)[0]
+        sentences = [rng.choice(pools[host]) for _ in range(rng.randint(*HOST_SENTENCES))]
+        n_inserted = rng.randint(0, MAX_INSERTIONS)
+        for _ in range(n_inserted):
+            other = FORGET if host != FORGET else rng.choice(benign)
+            sentences.insert(rng.randint(0, len(sentences)), rng.choice(pools[other]))
+        cuts = sorted(rng.sample(range(1, len(sentences)), min(len(sentences) - 1, rng.randint(*HOST_PARAGRAPHS) - 1)))
+        paragraphs = [sentences[a:b] for a, b in zip([0] + cuts, cuts + [len(sentences)])]
+        documents.append((MIXED if n_inserted else host, paragraphs))
+    return documents
