@@ -108,8 +108,10 @@ def token_labels_from_spans(offsets: np.ndarray, spans: Iterable[tuple[int, int]
 
 
 def forget_passages(doc: dict) -> list[tuple[int, int]]:
-    """Character ranges of the document's medicine passages."""
-    return [(p["start"], p["end"]) for p in doc["meta"].get("passages", []) if p.get("domain") == FORGET]
+    """Character ranges of the document's forget-domain passages: ``meta.forget_domain`` when the
+    corpus names one (`tokfilter label --domain`), else medicine."""
+    forget = doc["meta"].get("forget_domain", FORGET)
+    return [(p["start"], p["end"]) for p in doc["meta"].get("passages", []) if p.get("domain") == forget]
 
 
 def document_label(doc: dict) -> int:
