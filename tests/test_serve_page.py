@@ -29,6 +29,7 @@ BIOLOGY_PARAGRAPH = (
     f"{MEDICAL} "
     "In plants, chloroplasts capture light and fix carbon dioxide into sugars through the Calvin cycle."
 )
+UNICODE_TEXT = "Naïve café 😀: the patient 🧬 took 500 mg of ibuprofen, e\u0301 \u200b twice daily for fever."
 SCREENSHOTS = ARTIFACTS / "test-screenshots"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -166,6 +167,8 @@ def page_state(driver) -> dict:
             threshold: threshold,
             marks: Array.from(document.querySelectorAll('article.doc')).map(a =>
                 Array.from(a.querySelectorAll('mark.flagged')).map(m => [Number(m.dataset.start), Number(m.dataset.end)])),
+            markTexts: Array.from(document.querySelectorAll('article.doc')).map(a =>
+                Array.from(a.querySelectorAll('mark.flagged')).map(m => m.textContent)),
             texts: Array.from(document.querySelectorAll('article.doc .text')).map(t => t.textContent),
             docErrors: Array.from(document.querySelectorAll('article.doc .error')).map(e => e.textContent),
             messages: Array.from(document.querySelectorAll('#messages .error')).map(e => e.textContent),
@@ -260,7 +263,8 @@ def test_page_reports_bad_jsonl_lines_and_documents_over_the_limit(server, brows
 
     browser.get(f"{server.gateway_url}/")  # a reload forgets the key: asked again
     lines = [json.dumps({"id": "bio", "text": BIOLOGY_PARAGRAPH}), '{"id": "broken", "text": ', json.dumps({"id": "no-text"}),
-             "", json.dumps({"id": "huge", "text": "x" * 1_000_001}), json.dumps({"text": MEDICAL})]
+             "", json.dumps({"id": "huge", "text": "x" * 1_000_001}), json.dumps({"text": MEDICAL}),
+             json.dumps({"id": "unicode", "text": UNICODE_TEXT})]
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     browser.find_element(By.ID, "file").send_keys(str(path))
@@ -269,11 +273,22 @@ def test_page_reports_bad_jsonl_lines_and_documents_over_the_limit(server, brows
     state = wait_for(lambda: settled(browser), what="the scores")
     assert any("docs.jsonl line 2: not valid JSON" in m for m in state["messages"])
     assert any("docs.jsonl line 3" in m and '"text"' in m for m in state["messages"])
-    assert len(state["marks"]) == 3 and state["texts"][0] == BIOLOGY_PARAGRAPH  # bio, huge (refused), line 6
+    assert len(state["marks"]) == 4 and state["texts"][0] == BIOLOGY_PARAGRAPH  # bio, huge (refused), line 6, unicode
     assert len(state["docErrors"]) == 1
     assert "huge" in state["docErrors"][0] and "413" in state["docErrors"][0] and "max_chars=1000000" in state["docErrors"][0]
     ids = browser.execute_script("return Array.from(document.querySelectorAll('.doc-id')).map(e => e.textContent)")
-    assert ids == ["bio", "huge", "line 6"]
+    assert ids == ["bio", "huge", "line 6", "unicode"]
+    # offsets are code points: the page shows and highlights astral and combining characters as the server does
+    tokens = filter_request(server, [UNICODE_TEXT], tokens=True)["results"][0]["tokens"]
+    emoji = UNICODE_TEXT.index("😀")
+    at_emoji = max(p for (a, b), p in zip(tokens["offsets"], tokens["probs"]) if a <= emoji < b)  # flags the emoji
+    for threshold in (state["threshold"], at_emoji):
+        browser.execute_script("setThreshold(arguments[0]); renderAll();", threshold)
+        served = filter_request(server, [UNICODE_TEXT], threshold=threshold)["results"][0]["spans"]
+        state = page_state(browser)
+        assert state["texts"][2] == UNICODE_TEXT and state["marks"][3] == span_pairs(served)
+        assert state["markTexts"][3] == [UNICODE_TEXT[a:b] for a, b in span_pairs(served)]  # Python slices code points
+    assert any(ord(c) > 0xFFFF for text in state["markTexts"][3] for c in text)  # the test covers an astral character
 
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
