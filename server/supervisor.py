@@ -2,7 +2,9 @@
 honestly whether the service is ready.
 
 A health round (every ``interval_s``, and at once when a watched process dies) checks that
-tritonserver lives and that every served model answers a tiny inference. What it finds:
+tritonserver lives and that every served model answers a tiny inference. Beside the rounds, a
+watcher thread looks at tritonserver and its stub processes every 0.2 s: when one exits, the status
+says not ready at once (a round can take seconds under load) and a round starts. What a round finds:
 
 - a model fails its inference (its python-backend stub died: "Stub process ... is not healthy"):
   the model is unloaded and loaded again through Triton's model-control API (with the admin secret);
@@ -105,10 +107,13 @@ class Supervisor:
         self.triton: TritonProcess | None = None
         self._recoveries: deque[float] = deque()
         self._timeouts: Counter = Counter()
-        self._stubs: set[int] = set()
+        self._stubs: dict[int, str] = {}  # pid -> model of the stubs the watcher looks at
+        self._died_at = 0.0  # when the watcher last saw a process exit
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()  # the watcher asks for a round
+        self._lock = threading.Lock()  # self.triton against stop()
+        self._status_lock = threading.Lock()  # events, the status file and the watcher's view
+        self._threads: list[threading.Thread] = []
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -121,50 +126,74 @@ class Supervisor:
             self.triton.stop()
             raise TokfilterError(f"models loaded but failing their first inference: {failing}")
         self._publish(results)
-        self._thread = threading.Thread(target=self._run, name="tokfilter-supervisor", daemon=True)
-        self._thread.start()
+        self._stubs = self.triton.stubs()
+        # the rounds' thread starts Triton again when needed: it must live as long as the server
+        # (die_with_parent ties tritonserver to the thread that started it)
+        self._threads = [threading.Thread(target=self._run, name="tokfilter-supervisor", daemon=True),
+                         threading.Thread(target=self._watch, name="tokfilter-watcher", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         with self._lock:
             if self.triton is not None:
                 self.triton.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_round = time.monotonic() + self.settings.interval_s
-        while not self._stop.wait(WATCH_S):
-            fault = self._watch()
-            if fault or time.monotonic() >= next_round:
-                if fault:
-                    self._event("process_died", fault)
-                    self._publish({}, reason=fault)
-                all_well = self._round()
-                if self.failed:
-                    return
-                next_round = time.monotonic() + (self.settings.interval_s if all_well else 0)
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if not self._round():
+                self._wake.set()  # not well yet: the next round at once
+            if self.failed:
+                return
 
-    def _watch(self) -> str | None:
-        """A cheap look between rounds: has tritonserver or one of its stubs exited?"""
-        if self.triton.proc.poll() is not None:
-            return f"tritonserver exited with code {self.triton.proc.returncode}"
-        gone = sorted(pid for pid in self._stubs if not process_alive(pid))
-        return f"python-backend stub process {gone} exited" if gone else None
+    def _watch(self) -> None:
+        """Every 0.2 s: has tritonserver or one of its stubs exited? Then not ready, and a round."""
+        reported = None
+        while not self._stop.wait(WATCH_S) and not self.failed:
+            triton = self.triton
+            if triton.proc.poll() is not None:
+                fault = None if reported == triton.proc.pid else f"tritonserver exited with code {triton.proc.returncode}"
+                reported = triton.proc.pid
+                with self._status_lock:
+                    self._stubs = {}  # the restart kills them
+            else:
+                with self._status_lock:
+                    gone = sorted(pid for pid in self._stubs if not process_alive(pid))
+                    for pid in gone:
+                        del self._stubs[pid]
+                fault = f"python-backend stub process {gone} exited" if gone else None
+            if fault and not self._stop.is_set():
+                with self._status_lock:
+                    self._died_at = time.monotonic()
+                self._event("process_died", fault)
+                self._publish({}, reason=fault)
+                self._wake.set()
 
     def _round(self) -> bool:
         """Check and heal; returns whether all was well (False: run the next round at once)."""
+        started = time.monotonic()
         triton = self.triton
         if triton.proc.poll() is not None or not self._live(triton):
             self._publish({}, reason="tritonserver is not live")
             self._restart()
             return False
+        with self._status_lock:  # new stubs join; one that died unseen stays for the watcher to report
+            self._stubs.update(triton.stubs())
         results = self._probe_models()
         if self._stop.is_set():  # stopping: the failures are ours
             return True
-        self._publish(results)
+        if not self._publish(results, checked_since=started):  # a process died meanwhile: the results are stale
+            return False
         failing = {m: e for m, e in results.items() if e}
         for model, error in failing.items():
             self._event("model_failed", f"{model}: {error}")
@@ -175,7 +204,6 @@ class Supervisor:
             if not self._count_recovery():
                 return False
             self._reload(model)
-        self._stubs = set(triton.stubs())
         return not failing
 
     # -- checks ---------------------------------------------------------------------------------
@@ -231,6 +259,8 @@ class Supervisor:
 
     def _reload(self, model: str) -> None:
         start = time.monotonic()
+        with self._status_lock:  # its stubs end now: not a fault for the watcher
+            self._stubs = {pid: m for pid, m in self._stubs.items() if m != model}
         try:
             self.triton.unload(model)
             self.load(self.triton, model)
@@ -247,6 +277,8 @@ class Supervisor:
         while not self._stop.is_set():
             if not self._count_recovery():
                 return
+            with self._status_lock:
+                self._stubs = {}
             with self._lock:
                 left = self.triton.stop()
             if left:
@@ -264,24 +296,29 @@ class Supervisor:
                     triton.stop()
                     return
                 self.triton = triton
-            self._stubs = set()
             self._event("triton_restarted", f"in {time.monotonic() - start:.1f} s")
             return
 
     # -- reporting ------------------------------------------------------------------------------
 
     def _event(self, name: str, detail: str) -> None:
-        self.events[name] += 1
-        self._last_event = f"{name}: {detail}"
-        log.warning("supervisor: %s", self._last_event)
+        with self._status_lock:
+            self.events[name] += 1
+            self._last_event = f"{name}: {detail}"
+        log.warning("supervisor: %s: %s", name, detail)
 
-    def _publish(self, results: dict[str, str | None], reason: str | None = None) -> None:
-        """Write the status file atomically (the gateway reads it at every probe)."""
+    def _publish(self, results: dict[str, str | None], reason: str | None = None, checked_since: float | None = None) -> bool:
+        """Write the status file atomically (the gateway reads it at every probe); results checked
+        since ``checked_since`` are not written when a process died meanwhile (returns False)."""
         models = {m: {"ready": results.get(m, "unchecked") is None, "error": results.get(m, reason or "unchecked")}
                   for m in SERVED_MODELS}
         status = {"ready": reason is None and all(r["ready"] for r in models.values()), "models": models, "reason": reason,
-                  "checked_at": time.time(), "events": dict(self.events), "failed": self.failed,
-                  "triton_pid": self.triton.proc.pid if self.triton else None}
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, self.status_path)
+                  "checked_at": time.time(), "failed": self.failed, "triton_pid": self.triton.proc.pid if self.triton else None}
+        with self._status_lock:
+            if checked_since is not None and self._died_at > checked_since:
+                return False
+            status["events"] = dict(self.events)
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, self.status_path)
+        return True
