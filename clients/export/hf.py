@@ -34,7 +34,8 @@ class HfWriter:
         if self._writer is not None:
             self._writer.close()
         name = f"train-{part:05d}.parquet"
-        self._writer = pq.ParquetWriter(self.data_dir / name, SCHEMA)
+        # token ids defeat dictionary encoding (3.7x slower, no smaller), so plain encoding + snappy
+        self._writer = pq.ParquetWriter(self.data_dir / name, SCHEMA, use_dictionary=False)
         self._part = part
         self.files.append({"path": f"data/{name}", "rows": 0})
 
