@@ -237,14 +237,15 @@ def test_page_in_a_browser(server, browser):
     # median token probability the server's spans at that threshold
     slider = browser.find_element(By.ID, "threshold")
     slider.send_keys(Keys.HOME)
-    assert page_state(browser)["marks"] == [[[0, len(BIOLOGY_PARAGRAPH)]]]
+    wait_for(lambda: page_state(browser)["marks"] == [[[0, len(BIOLOGY_PARAGRAPH)]]], timeout=5, what="one span at 0")
     probs = filter_request(server, [BIOLOGY_PARAGRAPH], tokens=True)["results"][0]["tokens"]["probs"]
     steps = int(round(100 * float(np.median(probs))))
     slider.send_keys(Keys.ARROW_RIGHT * steps)
-    state = page_state(browser)
-    assert state["threshold"] == pytest.approx(steps / 100)
-    expected = span_pairs(filter_request(server, [BIOLOGY_PARAGRAPH], threshold=state["threshold"])["results"][0]["spans"])
-    assert len(expected) > 1 and state["marks"] == [expected]  # the count changed from 1
+    threshold = page_state(browser)["threshold"]
+    assert threshold == pytest.approx(steps / 100)
+    expected = span_pairs(filter_request(server, [BIOLOGY_PARAGRAPH], threshold=threshold)["results"][0]["spans"])
+    assert len(expected) > 1  # the count changes from 1
+    state = wait_for(lambda: (s := page_state(browser))["marks"] == [expected] and s, timeout=5, what="the server's spans")
     browser.save_screenshot(str(SCREENSHOTS / "page-spans.png"))
 
     # remove preview: the text the gateway's remove mode returns

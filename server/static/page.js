@@ -336,9 +336,15 @@ $("file").addEventListener("change", async (event) => {
   await scoring;
 });
 
+let renderPending = false; // while the slider is dragged, re-render at most once per frame
 $("threshold").addEventListener("input", (event) => {
   setThreshold(Number(event.target.value));
-  renderAll();
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    renderAll();
+  });
 });
 
 document.querySelectorAll("input[name=mode]").forEach((radio) =>
