@@ -58,6 +58,8 @@ def test_manifest_names_the_served_model_and_resume_refuses_another(job, tiny_mo
     served_card = json.loads((tiny_models_dir / "token_classifier" / "tokfilter.json").read_text())
     with serving(repo, "int8", tmp_path / "logs") as endpoints:
         served = replace(settings, server=endpoints.grpc_url)
+        with pytest.raises(TokfilterError, match=r"--precision fp32: .* serves token_model at int8"):
+            run_local(inputs, tmp_path / "asked_fp32", replace(served, precision="fp32"), show_progress=False)
         manifest = run_local(inputs, tmp_path / "local", served, show_progress=False)
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         try:
