@@ -29,7 +29,7 @@ from pathlib import Path
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import CORPUS_DIR
 from tokfilter.training.corpus import sources
-from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS
+from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS, FORGET, GENERAL, MIXED, RETAIN
 from tokfilter.training.corpus.interleave import INTERLEAVED_DOCS_PER_DOC, interleaved_documents
 from tokfilter.training.corpus.sources import SourceInfo, SourceItem
 from tokfilter.training.corpus.weak_labels import Lexicon, build_lexicon, count_words, flip_label_spans, label_document
@@ -57,7 +57,7 @@ MIXED_MEDICINE_FRACTION = 0.2
 PARAGRAPH_ITEMS = {"hpo": (2, 6), "icd10cm": (2, 8), "wordnet": (3, 8), "gene_ontology": (2, 6),
                    "lee_news": (1, 1), "fortunes": (1, 3)}
 MIXED_PARAGRAPH_ITEMS = (1, 3)
-DOC_PARAGRAPHS = {"general": (2, 5), "biology": (2, 5), "medicine": (1, 4)}
+DOC_PARAGRAPHS = {GENERAL: (2, 5), RETAIN: (2, 5), FORGET: (1, 4)}
 BIOLOGY_GENERAL_PARAGRAPH_P = 0.3  # a biology document sometimes carries a general paragraph too
 IN_PARAGRAPH_INSERT_P = 0.5  # a mixed document's medical passage sits inside a paragraph, else between
 DEFINITION_TEMPLATES = ("{term}: {definition}", "{term} - {definition}", "{term} refers to {definition_lower}")
@@ -111,7 +111,7 @@ def make_lexicon(items: Sequence[SourceItem], lexicon_terms: Sequence[str]) -> L
     def counts(domain: str) -> Counter[str]:
         return count_words(f"{i.term} {i.definition}" for i in items if i.domain == domain and i.source != "icd10cm")
 
-    return build_lexicon(lexicon_terms, counts("medicine"), counts("general"), counts("biology"))
+    return build_lexicon(lexicon_terms, counts(FORGET), counts(GENERAL), counts(RETAIN))
 
 
 def select_items(items: Sequence[SourceItem], config: SizeConfig, seed: int) -> list[SourceItem]:
@@ -222,15 +222,15 @@ def compose_documents(items: Sequence[SourceItem], rng: random.Random) -> list[t
     by_source: dict[tuple[str, str], list[SourceItem]] = defaultdict(list)
     for item in items:
         by_source[(item.source, item.domain)].append(item)
-    pools: dict[str, list[_Paragraph]] = {"general": [], "biology": [], "medicine": []}
+    pools: dict[str, list[_Paragraph]] = {GENERAL: [], RETAIN: [], FORGET: []}
     mixed_inserts: list[_Paragraph] = []
     for key in sorted(by_source):
         source_items = by_source[key]
-        if key[1] == "medicine":
+        if key[1] == FORGET:
             source_items = source_items[:]
             rng.shuffle(source_items)
             n_mixed = round(len(source_items) * MIXED_MEDICINE_FRACTION)
-            mixed_inserts += _chunk(source_items[:n_mixed], MIXED_PARAGRAPH_ITEMS, "medicine", rng)
+            mixed_inserts += _chunk(source_items[:n_mixed], MIXED_PARAGRAPH_ITEMS, FORGET, rng)
             source_items = source_items[n_mixed:]
             if not source_items:
                 continue
@@ -239,17 +239,17 @@ def compose_documents(items: Sequence[SourceItem], rng: random.Random) -> list[t
         rng.shuffle(pool)
 
     documents: list[tuple[str, list[_Paragraph]]] = []
-    general = pools["general"]
-    for domain in ("medicine", "biology", "general"):
+    general = pools[GENERAL]
+    for domain in (FORGET, RETAIN, GENERAL):
         pool = pools[domain]
         while pool:
             n = rng.randint(*DOC_PARAGRAPHS[domain])
             paragraphs, pool[:] = pool[:n], pool[n:]
-            if domain == "biology" and general and rng.random() < BIOLOGY_GENERAL_PARAGRAPH_P:
+            if domain == RETAIN and general and rng.random() < BIOLOGY_GENERAL_PARAGRAPH_P:
                 paragraphs.insert(rng.randint(0, len(paragraphs)), general.pop())
             documents.append((domain, paragraphs))
 
-    benign = [i for i, (domain, _) in enumerate(documents) if domain != "medicine"]
+    benign = [i for i, (domain, _) in enumerate(documents) if domain != FORGET]
     rng.shuffle(benign)
     for insert, doc_index in zip(mixed_inserts, benign):
         _, paragraphs = documents[doc_index]
@@ -260,7 +260,7 @@ def compose_documents(items: Sequence[SourceItem], rng: random.Random) -> list[t
             paragraphs[target] = _Paragraph(host.domain, host.items[:cut] + insert.items + host.items[cut:])
         else:
             paragraphs.insert(rng.randint(0, len(paragraphs)), insert)
-        documents[doc_index] = ("mixed", paragraphs)
+        documents[doc_index] = (MIXED, paragraphs)
     rng.shuffle(documents)
     return documents
 
@@ -358,7 +358,7 @@ def build_corpus(out_dir: str | Path = CORPUS_DIR, seed: int = 0, size: str = "d
         "chars": sum(s["chars"] for s in stats.values()),
         "tokens": total_tokens,
         "medicine_token_share": round(sum(s["medicine_tokens"] for s in stats.values()) / max(1, total_tokens), 4),
-        "mixed_doc_share": round(sum(s["docs"]["mixed"] for s in stats.values()) / max(1, total_docs), 4),
+        "mixed_doc_share": round(sum(s["docs"][MIXED] for s in stats.values()) / max(1, total_docs), 4),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     log.stage("wrote items.jsonl and manifest.json")

@@ -30,6 +30,7 @@ import numpy as np
 
 from tokfilter.errors import TokfilterError
 from tokfilter.sentences import sentence_spans
+from tokfilter.training.corpus.domains import FORGET
 from tokfilter.training.corpus.weak_labels import MAX_TERM_WORDS, Lexicon, merge_spans, words_of
 
 FORGET_SENTENCE_SHARE = 0.5  # a sentence at least this much labelled is a forget-domain passage
@@ -38,7 +39,7 @@ LABEL_BATCH_DOCS = 64  # documents scored by the teacher per call (progress gran
 
 @dataclass(frozen=True)
 class LabelSettings:
-    domain: str = "medicine"
+    domain: str = FORGET
     lexicons: tuple[Path, ...] = ()
     teacher: Path | None = None
     teacher_threshold: float | None = None
@@ -222,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="corpus dir to write (train.jsonl, validation.jsonl, manifest.json)")
     parser.add_argument("--lexicon", type=Path, action="append", default=[], metavar="FILE",
                         help="term list, one per line (repeatable; default: the medical lexicon of build-corpus)")
-    parser.add_argument("--domain", default="medicine", help="name of the forget domain (default: medicine)")
+    parser.add_argument("--domain", default=FORGET, help=f"name of the forget domain (default: {FORGET})")
     parser.add_argument("--teacher", type=Path, help="exported token classifier dir whose confident tokens become labels too")
     parser.add_argument("--teacher-threshold", type=float, help="teacher tokens at or above this are labels (default: its card threshold)")
     parser.add_argument("--whole-sentences", action="store_true", help="label a sentence whole when at least half of it is labelled")
