@@ -33,7 +33,7 @@ class GPTConfig:
 
 
 # Named sizes: (n_layer, n_head, n_embd). Parameter counts depend on the vocabulary; with the
-# demo's 8192-token BPE they run from ~1M ("1m") to ~20M ("20m"). "tiny" is for tests only.
+# demo's 8192-token BPE they run from ~1M ("1m") to ~45M ("45m", for a GPU). "tiny" is for tests only.
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (1, 2, 32),
     "1m": (2, 4, 96),
@@ -41,6 +41,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "6m": (4, 4, 256),
     "10m": (6, 6, 288),
     "20m": (8, 8, 416),
+    "45m": (10, 9, 576),
 }
 
 
@@ -143,23 +144,29 @@ class GPT(nn.Module):
             x = block(x, self.rope_cos, self.rope_sin)
         return self.norm(x)
 
+    def loss_operands(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B*T, n_embd] and the tied embedding for the fused loss. Under autocast both
+        are cast to its dtype, so the loss's matmuls run there too (the op accumulates the loss and
+        the weight gradient in float32 whatever the operands)."""
+        h = self.hidden_states(input_ids)
+        h, weight = h.reshape(-1, h.shape[-1]), self.embed.weight
+        device = h.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            h, weight = h.to(dtype), weight.to(dtype)
+        return h, weight
+
     def token_losses(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-target cross-entropy [B, T] in nats (0 where target == IGNORE_INDEX)."""
-        h = self.hidden_states(input_ids)
-        losses = masked_linear_cross_entropy(
-            h.reshape(-1, h.shape[-1]), self.embed.weight, targets.reshape(-1), None, reduction="none",
-            ignore_index=IGNORE_INDEX,
-        )
+        h, weight = self.loss_operands(input_ids)
+        losses = masked_linear_cross_entropy(h, weight, targets.reshape(-1), None, reduction="none", ignore_index=IGNORE_INDEX)
         return losses.view(targets.shape)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, loss_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy over targets with non-zero weight (0 for an all-masked batch)."""
-        h = self.hidden_states(input_ids)
+        h, weight = self.loss_operands(input_ids)
         weights = None if loss_weights is None else loss_weights.reshape(-1)
-        return masked_linear_cross_entropy(
-            h.reshape(-1, h.shape[-1]), self.embed.weight, targets.reshape(-1), weights, reduction="mean",
-            ignore_index=IGNORE_INDEX,
-        )
+        return masked_linear_cross_entropy(h, weight, targets.reshape(-1), weights, reduction="mean", ignore_index=IGNORE_INDEX)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

@@ -23,6 +23,7 @@ from tokfilter import paths
 from tokfilter.clients.shards.masked import MODES as RUN_TYPES  # a run type is the MaskedShards mode it trains with
 from tokfilter.errors import TokfilterError
 from tokfilter.training.pretrain.model import GPT, config_for_size, save_model, SIZES
+from tokfilter.training.pretrain.precision import PRECISIONS, autocast, resolve_precision
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -45,6 +46,7 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps
     log_every: int = 20  # steps
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; see precision.py)
     resume: bool = False  # continue from out_dir/checkpoint.pt if there is one
 
     def validate(self) -> None:
@@ -59,6 +61,8 @@ class PretrainConfig:
                 raise TokfilterError(f"{name}: {getattr(self, name)} must be >= 1")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise TokfilterError(f"warmup_fraction: {self.warmup_fraction} must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise TokfilterError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def learning_rate(progress: float, peak: float, warmup_fraction: float, min_ratio: float) -> float:
@@ -118,6 +122,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
     batches of shape [B, T]; it is called again for each further epoch.
     """
     config.validate()
+    precision = resolve_precision(config.precision, config.device)
     torch.manual_seed(config.seed)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +161,8 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
             lr = learning_rate(unmasked / config.token_budget, config.lr, config.warmup_fraction, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = model.loss(input_ids, targets, weights.float())
+            with autocast(precision, config.device):
+                loss = model.loss(input_ids, targets, weights.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -202,6 +208,8 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
         "params": model.num_params(non_embedding=False),
         "compute_flops": 6 * n_params * unmasked,  # C = 6 N D, D = unmasked training tokens
         "final_train_loss": sum(losses[-config.log_every:]) / max(1, len(losses[-config.log_every:])),
+        "precision": precision,
+        "passes": epoch_seen + 1,  # passes over the shards begun: above 1 the data repeated
         "elapsed_s": elapsed,
     }
     save_model(model, out / "model.pt", extra=summary)
@@ -248,6 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt after a crash or kill")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                        help="auto: bf16 autocast on AMX CPUs and bf16 GPUs, else fp32")
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
@@ -256,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         out_dir=args.out, size=args.size, run_type=args.run_type, threshold=args.threshold, seq_len=args.seq_len,
         batch_size=args.batch_size, token_budget=args.token_budget, lr=args.lr, warmup_fraction=args.warmup_fraction,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device, resume=args.resume,
+        precision=args.precision,
     )
 
 
