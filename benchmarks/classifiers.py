@@ -6,7 +6,11 @@ fp32 + int8 export), timing the whole command; then scores the held-out test spl
 `tokfilter eval-classifier` in fp32 and in int8. Goals: both trainings together <= 20 minutes on
 2 cores, token F1 >= 0.85, document F1 >= 0.90, int8 F1 within 0.01 of fp32.
 
-    python benchmarks/classifiers.py [--models-dir artifacts/models] [--corpus artifacts/corpus]
+    python benchmarks/classifiers.py [--models-dir artifacts/models] [--corpus artifacts/corpus] [--real-text DIR]
+
+With ``--real-text`` (the shared realtext passages; skipped with a message when missing) the token
+model's F1 on mixed real documents (benchmarks/real_text.py, test split) is reported beside the
+test-split F1: the synthetic split alone overstates what the model finds in real prose.
 
 Models already in ``--models-dir`` are kept and not timed again unless ``--retrain`` is given.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from tokfilter import paths
 from tokfilter.modelcard import load_model_card
+from tokfilter.scoring import ScoringPipeline
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {"train_minutes_max": 20.0, "token_f1_min": 0.85, "doc_f1_min": 0.90, "int8_f1_gap_max": 0.01}
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics = {p: evaluate(args.corpus, args.models_dir, p, Path(scratch) / p) for p in ("fp32", "int8")}
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(scratch) / "fp32" / "pr_curve.png", args.out / "classifiers_pr_curve.png")
+    real_text = mixed_real_documents(args.models_dir / MODEL_NAMES["token"], args.real_text) if args.real_text else None
     cards = {task: load_model_card(args.models_dir / name) for task, name in MODEL_NAMES.items()}
     fp32, int8 = metrics["fp32"], metrics["int8"]
     total_minutes = sum(timings.values()) / 60 if len(timings) == len(MODEL_NAMES) else None
@@ -85,8 +91,21 @@ def run(args: argparse.Namespace) -> dict:
         "train_seconds": timings, "train_minutes_total": None if total_minutes is None else round(total_minutes, 2),
         "train_config": {task: card.extra.get("train_config") for task, card in cards.items()},
         "validation": {task: card.metrics for task, card in cards.items()},
-        "test_fp32": fp32, "test_int8": int8, "goals": goals,
+        "test_fp32": fp32, "test_int8": int8, "real_text_mixed": real_text, "goals": goals,
     }
+
+
+def mixed_real_documents(token_dir: Path, data_dir: Path) -> dict | None:
+    """Token metrics on the mixed real documents of benchmarks/real_text.py (test split); None without the data."""
+    from real_text import DOMAINS, build_mixed_documents, load_passages, mixed_metrics
+
+    if not all((data_dir / f"{d}.jsonl").is_file() for d in DOMAINS):
+        print(f"real text data not found in {data_dir}: mixed real-document F1 not measured", flush=True)
+        return None
+    passages = load_passages(data_dir, "test")
+    metrics, _ = mixed_metrics(ScoringPipeline.from_model_dirs(token_dir), build_mixed_documents(passages))
+    return {"data": str(data_dir), **{k: metrics[k] for k in ("mixed_docs", "mixed_token_precision", "mixed_token_recall",
+                                                               "mixed_token_f1", "mixed_token_auroc", "context_ratio")}}
 
 
 def markdown(result: dict) -> str:
@@ -114,6 +133,13 @@ def markdown(result: dict) -> str:
         "| metric | fp32 | int8 |", "|---|---:|---:|",
     ]
     lines += [f"| {label} | {fp32[key]:.4f} | {int8[key]:.4f} |" for label, key in rows]
+    real = result.get("real_text_mixed")
+    if real:
+        lines += ["", f"Mixed real documents ([real_text.md](real_text.md), test split: {real['mixed_docs']} real biology and "
+                  f"general paragraphs with 1-2 real medical sentences inserted), fp32: token F1 **{real['mixed_token_f1']:.4f}** "
+                  f"(precision {real['mixed_token_precision']:.4f}, recall {real['mixed_token_recall']:.4f}, AUROC "
+                  f"{real['mixed_token_auroc']:.4f}, context ratio {real['context_ratio']:.3f}) beside the test split's "
+                  f"{fp32['token_f1']:.4f}."]
     lines += ["", "| goal | met |", "|---|:-:|"]
     lines += [f"| {goal} | {'n/a' if met is None else 'yes' if met else 'no'} |" for goal, met in result["goals"].items()]
     lines += ["", "![precision-recall](classifiers_pr_curve.png)", ""]
@@ -126,6 +152,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR)
     parser.add_argument("--retrain", action="store_true", help="delete and retrain models already in --models-dir")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--real-text", type=Path, metavar="DIR",
+                        help="realtext passages (../shared/data/realtext): mixed real-document F1 beside the test split's")
     args = parser.parse_args()
     if not (args.corpus / "test.jsonl").is_file():
         raise SystemExit(f"corpus not found: {args.corpus / 'test.jsonl'} (run `tokfilter build-corpus` or pass --corpus)")

@@ -241,7 +241,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     manifest = label_corpus(args.inputs, args.out, settings)
     for split, s in manifest["splits"].items():
-        print(f"  {split}: {s['docs']:,} documents, {s['labelled_share']:.1%} of characters labelled {settings.domain}, "
+        print(f"  {split}: {s['docs']:,} documents, {s['labelled_share']:.2%} of characters labelled {settings.domain}, "
               f"{s['forget_docs']:,} with a {settings.domain} sentence")
     print(f"corpus {args.out} labelled in {time.monotonic() - started:.0f}s; train with "
           f"`tokfilter train-classifier --task token --corpus {args.out}`")

@@ -1,0 +1,413 @@
+"""Real text: the classifiers on real prose that no project file contains, and medicine inside benign documents.
+
+Data: the realtext passages of the shared evaluation data (``--data``; PubMed abstracts and NIH patient
+information, an open biology textbook, Wikipedia; see its README). The default build never needs them;
+without the folder this script says so and exits 0.
+
+Passages are split by a seeded hash of their id into ``adapt`` (50%: the only passages any model may
+train on, as an unlabelled corpus: ``--write-unlabelled``), ``dev`` (15%: every decision about data
+mixes and settings is made on it) and ``test`` (35%: what is reported). For each model (``--model``, a
+token model dir; its document model is the ``doc_classifier`` dir beside it unless ``--doc-model`` says):
+
+* passages: share of word pieces flagged at the card threshold per domain (med, bio, bio_gray,
+  general); passage AUROC of the mean token probability (med against bio + general, and against
+  bio_gray);
+* mixed documents: each bio or general passage of the split with one or two medical sentences (8-60
+  words, from the split's med passages) inserted between its sentences, seeded. Token precision,
+  recall, F1 and AUROC (an inserted sentence's word pieces are positive, the host's negative);
+  context ratio = flagged share of the inserted sentences in their host / of the same sentences
+  scored alone;
+* the document score on the mixed documents: recall at the document card's threshold and at its
+  95%-recall threshold (the cut ``tokfilter filter --doc-prefilter`` is given in benchmarks/filter.py),
+  i.e. how many documents a prefilter would wrongly let skip the token model.
+
+    python benchmarks/real_text.py --data ../shared/data/realtext \\
+        --model artifacts/models_baseline/token_classifier --model artifacts/models/token_classifier
+
+Writes benchmarks/results/real_text.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokfilter import paths
+from tokfilter.modelcard import load_model_card
+from tokfilter.scoring import DocumentScores, ScoringPipeline
+from tokfilter.sentences import sentence_spans
+from tokfilter.training.classifier.train import binary_metrics, token_labels_from_spans
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DOMAINS = ("med", "bio", "bio_gray", "general")
+SPLITS = {"adapt": 0.5, "dev": 0.15, "test": 0.35}
+HOST_DOMAINS = ("bio", "general")
+INSERTED_WORDS = (8, 60)  # a sentence, not a heading or a fragment ("Inception cohort study.")
+GOALS = {"mixed_token_f1": 0.85, "mixed_token_auroc": 0.95, "context_ratio": 0.8,
+         "flagged_bio_max": 0.05, "flagged_general_max": 0.02, "flagged_med_min": 0.60}
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str
+    domain: str
+    text: str
+
+
+@dataclass(frozen=True)
+class MixedDocument:
+    text: str
+    host_domain: str
+    inserted: tuple[tuple[int, int], ...]  # character spans of the inserted medical sentences
+
+
+def passage_split(passage_id: str, seed: int = 0) -> str:
+    """adapt | dev | test, by a seeded hash of the passage id (stable across runs and machines)."""
+    u = int.from_bytes(hashlib.sha256(f"realtext:{seed}:{passage_id}".encode()).digest()[:8], "big") / 2**64
+    bound = 0.0
+    for split, fraction in SPLITS.items():
+        bound += fraction
+        if u < bound:
+            return split
+    return split
+
+
+def load_passages(data_dir: Path, split: str, seed: int = 0, max_per_domain: int | None = None) -> list[Passage]:
+    """Passages of one split from ``{data_dir}/{domain}.jsonl``; with ``max_per_domain``, a seeded
+    sample of at most that many per domain (a bounded run on a loaded machine)."""
+    passages = []
+    for domain in DOMAINS:
+        with open(data_dir / f"{domain}.jsonl", encoding="utf-8") as fh:
+            rows = [Passage(r["id"], domain, r["text"]) for r in map(json.loads, fh) if passage_split(r["id"], seed) == split]
+        if max_per_domain is not None and len(rows) > max_per_domain:
+            rows = random.Random(f"{seed}:{domain}").sample(rows, max_per_domain)
+        passages += rows
+    return passages
+
+
+def medical_sentences(passages: list[Passage]) -> list[str]:
+    """Sentences of the med passages with INSERTED_WORDS words."""
+    out = []
+    for p in passages:
+        if p.domain == "med":
+            out += [p.text[s:e] for s, e in sentence_spans(p.text) if INSERTED_WORDS[0] <= len(p.text[s:e].split()) <= INSERTED_WORDS[1]]
+    return out
+
+
+def build_mixed_documents(passages: list[Passage], seed: int = 0) -> list[MixedDocument]:
+    """Every host passage (bio, general) with 1 or 2 medical sentences inserted between its sentences
+    (at either end when it has one sentence); each medical sentence is used at most once while any is left."""
+    rng = random.Random(seed)
+    pool: list[str] = []
+    documents = []
+    for host in (p for p in passages if p.domain in HOST_DOMAINS):
+        sentences = [host.text[s:e] for s, e in sentence_spans(host.text)]
+        slots = range(1, len(sentences)) if len(sentences) > 1 else range(0, 2)
+        inserts: dict[int, list[str]] = {}
+        for _ in range(rng.randint(1, 2)):
+            if not pool:
+                pool = medical_sentences(passages)
+                rng.shuffle(pool)
+            inserts.setdefault(rng.choice(slots), []).append(pool.pop())
+        pieces = [(s, True) for s in inserts.get(0, [])]
+        for index, sentence in enumerate(sentences, 1):
+            pieces += [(sentence, False)] + [(s, True) for s in inserts.get(index, [])]
+        parts, spans, position = [], [], 0
+        for sentence, is_inserted in pieces:
+            if parts:
+                parts.append(" ")
+                position += 1
+            if is_inserted:
+                spans.append((position, position + len(sentence)))
+            parts.append(sentence)
+            position += len(sentence)
+        documents.append(MixedDocument("".join(parts), host.domain, tuple(spans)))
+    return documents
+
+
+def score_with_progress(pipeline: ScoringPipeline, texts: list[str], what: str, chunk: int = 64) -> list[DocumentScores]:
+    """``pipeline.score`` in chunks, printing tokens/s and ETA (a model takes minutes on 2 cores)."""
+    results: list[DocumentScores] = []
+    start = last = time.perf_counter()
+    tokens = 0
+    for lo in range(0, len(texts), chunk):
+        results += pipeline.score(texts[lo : lo + chunk])
+        tokens += sum(len(r.token_ids) for r in results[-chunk:])
+        now = time.perf_counter()
+        if now - last > 10 or lo + chunk >= len(texts):
+            last = now
+            rate = tokens / (now - start)
+            eta = (len(texts) - len(results)) * (now - start) / len(results)
+            print(f"  {what}: {len(results)}/{len(texts)} texts, {rate:,.0f} tokens/s, ETA {eta:.0f}s", flush=True)
+    return results
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(bool)
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
+
+
+def passage_metrics(pipeline: ScoringPipeline, passages: list[Passage]) -> tuple[dict, list[DocumentScores]]:
+    """Flagged share per domain and passage AUROC (mean token probability) of the token model."""
+    scored = score_with_progress(pipeline, [p.text for p in passages], "passages")
+    domain = np.array([p.domain for p in passages])
+    probs = {d: np.concatenate([r.token_probs for r, p in zip(scored, passages) if p.domain == d]) for d in DOMAINS}
+    mean_prob = np.array([float(np.mean(r.token_probs)) if len(r.token_probs) else 0.0 for r in scored])
+    vs_benign, vs_gray = np.isin(domain, ("med", "bio", "general")), np.isin(domain, ("med", "bio_gray"))
+    return {
+        "passages": {d: int(np.sum(domain == d)) for d in DOMAINS},
+        "flagged_share": {d: float(np.mean(probs[d] >= pipeline.threshold)) for d in DOMAINS},
+        "passage_auroc": auroc(domain[vs_benign] == "med", mean_prob[vs_benign]),
+        "passage_auroc_vs_bio_gray": auroc(domain[vs_gray] == "med", mean_prob[vs_gray]),
+    }, scored
+
+
+def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tuple[dict, list[DocumentScores]]:
+    """Token precision, recall, F1, AUROC on the mixed documents, and the context ratio."""
+    threshold = pipeline.threshold
+    scored = score_with_progress(pipeline, [m.text for m in mixed], "mixed documents")
+    labels = [token_labels_from_spans(r.offsets, m.inserted) for r, m in zip(scored, mixed)]
+    all_labels, all_probs = np.concatenate(labels), np.concatenate([r.token_probs for r in scored])
+    overall = binary_metrics(all_labels, all_probs, threshold)
+    by_host = {}
+    for host in HOST_DOMAINS:
+        keep = [i for i, m in enumerate(mixed) if m.host_domain == host]
+        by_host[host] = binary_metrics(np.concatenate([labels[i] for i in keep]),
+                                       np.concatenate([scored[i].token_probs for i in keep]), threshold)["f1"]
+    alone = score_with_progress(pipeline, [m.text[s:e] for m in mixed for s, e in m.inserted], "inserted sentences alone")
+    in_context = all_probs[all_labels == 1] >= threshold
+    alone_flagged = np.concatenate([r.token_probs for r in alone]) >= threshold
+    return {
+        "mixed_docs": len(mixed), "mixed_tokens": int(len(all_labels)), "mixed_positive_share": float(all_labels.mean()),
+        "mixed_token_precision": overall["precision"], "mixed_token_recall": overall["recall"],
+        "mixed_token_f1": overall["f1"], "mixed_token_auroc": auroc(all_labels, all_probs), "mixed_token_f1_by_host": by_host,
+        "mixed_docs_with_an_inserted_token_flagged": float(np.mean([np.any(r.token_probs[lab == 1] >= threshold)
+                                                                    for r, lab in zip(scored, labels)])),
+        "inserted_flagged_in_context": float(in_context.mean()), "inserted_flagged_alone": float(alone_flagged.mean()),
+        "context_ratio": float(in_context.mean() / max(alone_flagged.mean(), 1e-12)),
+    }, scored
+
+
+def document_metrics(doc_dir: Path, passages: list[Passage], passage_scores: list[DocumentScores],
+                     mixed_scores: list[DocumentScores]) -> dict:
+    """Document-score recall on the mixed documents and positive share per passage domain, at the
+    document card's threshold and at its 95%-recall threshold (the cascade's cut)."""
+    card = load_model_card(doc_dir)
+    domain = np.array([p.domain for p in passages])
+    on_mixed = np.array([r.doc_score for r in mixed_scores])
+    on_passages = np.array([r.doc_score for r in passage_scores])
+    benign_or_med = domain != "bio_gray"
+    row = {"doc_threshold": card.threshold, "doc_threshold_recall95": card.threshold_recall95,
+           "doc_passage_auroc": auroc(domain[benign_or_med] == "med", on_passages[benign_or_med])}
+    for name, cut in (("card", card.threshold), ("recall95", card.threshold_recall95)):
+        row[f"doc_recall_mixed_at_{name}"] = float(np.mean(on_mixed >= cut))
+        row[f"doc_positive_share_at_{name}"] = {d: float(np.mean(on_passages[domain == d] >= cut)) for d in DOMAINS}
+    return row
+
+
+def evaluate_model(token_dir: Path, doc_dir: Path | None, passages: list[Passage], mixed: list[MixedDocument]) -> dict:
+    """Every metric of the module docstring for one token model (and its document model)."""
+    started = time.perf_counter()
+    pipeline = ScoringPipeline.from_model_dirs(token_dir, doc_dir)
+    on_passages, passage_scores = passage_metrics(pipeline, passages)
+    on_mixed, mixed_scores = mixed_metrics(pipeline, mixed)
+    row = {"token_model": str(token_dir), "doc_model": str(doc_dir) if doc_dir else None, "threshold": pipeline.threshold,
+           "data_digest": load_model_card(token_dir).data_digest, **on_passages, **on_mixed}
+    if doc_dir is not None:
+        row.update(document_metrics(doc_dir, passages, passage_scores, mixed_scores))
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def goals_met(row: dict) -> dict[str, bool]:
+    f = row["flagged_share"]
+    return {
+        "mixed token F1 >= 0.85": row["mixed_token_f1"] >= GOALS["mixed_token_f1"],
+        "mixed token AUROC >= 0.95": (row["mixed_token_auroc"] or 0) >= GOALS["mixed_token_auroc"],
+        "context ratio >= 0.8": row["context_ratio"] >= GOALS["context_ratio"],
+        "bio flagged <= 5%": f["bio"] <= GOALS["flagged_bio_max"],
+        "general flagged <= 2%": f["general"] <= GOALS["flagged_general_max"],
+        "med flagged >= 60%": f["med"] >= GOALS["flagged_med_min"],
+    }
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    names = list(rows)
+    head = "| metric | " + " | ".join(f"`{n}`" for n in names) + " |"
+    sep = "|---|" + "---:|" * len(names)
+
+    def line(label: str, get, fmt: str = "{:.3f}") -> str:
+        values = []
+        for n in names:
+            try:
+                v = get(rows[n])
+            except KeyError:
+                v = None
+            values.append("n/a" if v is None else fmt.format(v))
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    pct = "{:.1%}"
+    lines = [
+        "# Real text (benchmarks/real_text.py)", "",
+        f"Passages of `{result['data']}`, split by a seeded hash of their id (seed {result['seed']}): "
+        f"{', '.join(f'{s} {int(f * 100)}%' for s, f in SPLITS.items())}. Reported here: the **{result['split']}** split "
+        f"({', '.join(f'{d} {n}' for d, n in result['passages'].items())} passages"
+        f"{'' if not result.get('max_per_domain') else ', a seeded sample of at most ' + str(result['max_per_domain']) + ' per domain'}). No model scored here trained on any "
+        "of its passages. Decisions about data mixes and labelling settings may use the dev split only; the adapt split is "
+        "the only real text a model may train on (unlabelled, through `tokfilter label`).", "",
+        f"Mixed documents: {result['mixed_docs']} bio and general passages, each with 1-2 medical sentences "
+        f"({INSERTED_WORDS[0]}-{INSERTED_WORDS[1]} words, from the split's med passages) inserted between its sentences. "
+        "Token metrics at each token model's card threshold; an inserted sentence's word pieces are the positives. "
+        "Document recall: share of mixed documents whose document score reaches the document card's threshold, and its "
+        "95%-recall threshold (the cascade's cut `--doc-prefilter`): the rest would skip the token model.", "",
+        head, sep,
+        line("token threshold (card)", lambda r: r["threshold"]),
+        line("flagged word pieces, med passages", lambda r: r["flagged_share"]["med"], pct),
+        line("flagged, bio passages", lambda r: r["flagged_share"]["bio"], pct),
+        line("flagged, bio_gray passages", lambda r: r["flagged_share"]["bio_gray"], pct),
+        line("flagged, general passages", lambda r: r["flagged_share"]["general"], pct),
+        line("passage AUROC, med vs bio + general", lambda r: r["passage_auroc"]),
+        line("passage AUROC, med vs bio_gray", lambda r: r["passage_auroc_vs_bio_gray"]),
+        line("mixed docs: token precision", lambda r: r["mixed_token_precision"]),
+        line("mixed docs: token recall", lambda r: r["mixed_token_recall"]),
+        line("mixed docs: **token F1**", lambda r: r["mixed_token_f1"]),
+        line("mixed docs: token F1, bio hosts", lambda r: r["mixed_token_f1_by_host"]["bio"]),
+        line("mixed docs: token F1, general hosts", lambda r: r["mixed_token_f1_by_host"]["general"]),
+        line("mixed docs: token AUROC", lambda r: r["mixed_token_auroc"]),
+        line("mixed docs with any inserted word piece flagged", lambda r: r["mixed_docs_with_an_inserted_token_flagged"], pct),
+        line("inserted sentences flagged, in context", lambda r: r["inserted_flagged_in_context"], pct),
+        line("inserted sentences flagged, alone", lambda r: r["inserted_flagged_alone"], pct),
+        line("**context ratio**", lambda r: r["context_ratio"]),
+        line("document score: recall on mixed docs, card threshold", lambda r: r["doc_recall_mixed_at_card"], pct),
+        line("document score: recall on mixed docs, 95%-recall cut", lambda r: r["doc_recall_mixed_at_recall95"], pct),
+        line("document score: med passages positive, card threshold", lambda r: r["doc_positive_share_at_card"]["med"], pct),
+        line("document score: bio passages positive, card threshold", lambda r: r["doc_positive_share_at_card"]["bio"], pct),
+        line("document score: general passages positive, card threshold", lambda r: r["doc_positive_share_at_card"]["general"], pct),
+        line("document passage AUROC, med vs bio + general", lambda r: r["doc_passage_auroc"]),
+        "", "| goal (issue 12) | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + ":-:|" * len(names),
+    ]
+    for goal in goals_met(rows[names[0]]):
+        lines.append(f"| {goal} | " + " | ".join("yes" if goals_met(rows[n])[goal] else "no" for n in names) + " |")
+    lines += ["", "Models: " + "; ".join(f"`{n}`: `{r['token_model']}` + `{r['doc_model']}`" for n, r in rows.items()),
+              "", f"{result['machine']}; load average at the end {result['load_avg_end']}.", "",
+              "![real text](real_text.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bars per model: flagged share per domain, mixed-document F1 and the context ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("med flagged", lambda r: r["flagged_share"]["med"]), ("bio flagged", lambda r: r["flagged_share"]["bio"]),
+               ("bio_gray flagged", lambda r: r["flagged_share"]["bio_gray"]),
+               ("general flagged", lambda r: r["flagged_share"]["general"]), ("mixed F1", lambda r: r["mixed_token_f1"]),
+               ("mixed AUROC", lambda r: r["mixed_token_auroc"] or 0.0), ("context ratio", lambda r: r["context_ratio"])]
+    names = list(result["rows"])
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, name in enumerate(names):
+        values = [get(result["rows"][name]) for _, get in metrics]
+        ax.bar(np.arange(len(metrics)) + k * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(names) - 1) / 2, [m for m, _ in metrics], rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"real text, {result['split']} split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def model_rows(models: list[str], doc_models: list[str]) -> dict[str, tuple[Path, Path | None]]:
+    """name -> (token dir, document dir) from ``[NAME=]DIR`` arguments; a token model's document model is
+    the ``doc_classifier`` dir beside it unless ``--doc-model NAME=DIR`` names one."""
+    def parse(arg: str) -> tuple[str, Path]:
+        name, _, path = arg.rpartition("=")
+        return name or Path(path).resolve().parent.name, Path(path)
+
+    docs = dict(parse(a) for a in doc_models)
+    rows = {}
+    for arg in models:
+        name, token_dir = parse(arg)
+        sibling = token_dir.parent / "doc_classifier"
+        rows[name] = (token_dir, docs.get(name, sibling if (sibling / "tokfilter.json").is_file() else None))
+    return rows
+
+
+def write_unlabelled(data_dir: Path, split: str, seed: int, out: Path) -> int:
+    """The texts of one split as an unlabelled JSONL corpus (id and text only: no domain) for `tokfilter label`."""
+    passages = load_passages(data_dir, split, seed)
+    rng = random.Random(seed)
+    rng.shuffle(passages)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for index, p in enumerate(passages):
+            fh.write(json.dumps({"id": f"realtext-{split}-{index:05d}", "text": p.text}, ensure_ascii=False) + "\n")
+    return len(passages)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=paths.REPO_ROOT.parent / "shared" / "data" / "realtext",
+                        help="the realtext folder (med.jsonl, bio.jsonl, bio_gray.jsonl, general.jsonl)")
+    parser.add_argument("--model", action="append", metavar="[NAME=]DIR",
+                        help=f"token model dir, repeatable (default {paths.TOKEN_MODEL_DIR})")
+    parser.add_argument("--doc-model", action="append", default=[], metavar="[NAME=]DIR",
+                        help="document model of the row NAME (default: doc_classifier beside its token model)")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="test", help="passages scored (dev: for decisions)")
+    parser.add_argument("--seed", type=int, default=0, help="split and mixing seed")
+    parser.add_argument("--max-per-domain", type=int, metavar="N", help="score a seeded sample of N passages per domain")
+    parser.add_argument("--write-unlabelled", type=Path, metavar="OUT.jsonl",
+                        help="write the --split passages as an unlabelled corpus (for `tokfilter label`) and stop")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args()
+    if not all((args.data / f"{d}.jsonl").is_file() for d in DOMAINS):
+        print(f"real text data not found in {args.data} (needs {', '.join(d + '.jsonl' for d in DOMAINS)}); "
+              "pass --data; nothing measured")
+        return 0
+    if args.write_unlabelled:
+        n = write_unlabelled(args.data, args.split, args.seed, args.write_unlabelled)
+        print(f"wrote {n} {args.split} passages (text only) to {args.write_unlabelled}")
+        return 0
+
+    passages = load_passages(args.data, args.split, args.seed, args.max_per_domain)
+    mixed = build_mixed_documents(passages, args.seed)
+    rows = {}
+    for name, (token_dir, doc_dir) in model_rows(args.model or [str(paths.TOKEN_MODEL_DIR)], args.doc_model).items():
+        print(f"{name}: {token_dir} + {doc_dir}", flush=True)
+        rows[name] = evaluate_model(token_dir, doc_dir, passages, mixed)
+    result = {
+        "benchmark": "real_text", "data": str(args.data), "split": args.split, "seed": args.seed, "splits": SPLITS,
+        "max_per_domain": args.max_per_domain,
+        "passages": {d: sum(p.domain == d for p in passages) for d in DOMAINS}, "mixed_docs": len(mixed),
+        "rows": rows, "goals": {n: goals_met(r) for n, r in rows.items()},
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {sys.version.split()[0]}",
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "real_text" if args.split == "test" else f"real_text_{args.split}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result).replace("(real_text.png)", f"({stem}.png)")
+    (args.out / f"{stem}.md").write_text(md)
+    plot(result, args.out / f"{stem}.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
