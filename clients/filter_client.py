@@ -44,7 +44,8 @@ DEFAULT_RETRY_DEADLINE_S = 60.0
 # Messages of the faults a supervised server heals: a dead or restarting Triton, a model whose stub
 # died or that is being reloaded.
 TRANSIENT_MESSAGES = ("not healthy", "is not ready", "unknown model", "is not found", "no available versions", "unavailable",
-                      "failed to connect", "connection refused", "connection reset", "socket closed", "rst_stream")
+                      "failed to connect", "connection refused", "connection reset", "socket closed", "rst_stream",
+                      "stream removed", "broken pipe", "goaway")
 
 
 class ServerError(TokfilterError):

@@ -210,6 +210,44 @@ def test_faults_heal_under_load_and_readyz_never_says_ready_while_inference_fail
     assert 'tokfilter_supervisor_events_total{event="triton_restarted"}' in metrics
 
 
+def test_a_filter_job_rides_out_a_triton_restart_without_resume(served, tiny_corpus_dir, tiny_models_dir, tmp_path):
+    from tokfilter.clients.engines.local import FilterSettings, run_local
+    from tokfilter.clients.readers import iter_records
+    from tokfilter.clients.shards.writer import open_shards
+    from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
+
+    corpus = tmp_path / "corpus.jsonl"  # 48 documents: 12 buffers
+    corpus.write_text("".join((tiny_corpus_dir / "train.jsonl").read_text().splitlines(keepends=True)[:48]))
+    inputs = [str(corpus)]
+    target = train_target_tokenizer(corpus_texts(inputs), tmp_path / "tokenizer.json", vocab_size=400)
+    settings = FilterSettings(token_model=str(tiny_models_dir / "token_classifier"), doc_model=str(tiny_models_dir / "doc_classifier"),
+                              target_tokenizer=str(target), buffer_docs=4, shard_tokens=2000, max_in_flight=2,
+                              server=served.endpoints.grpc_url, api_key=API_KEY, retry_deadline_s=60)
+    out, result = tmp_path / "shards", {}
+
+    def filter_job():
+        try:
+            result["manifest"] = run_local(inputs, out, settings, show_progress=False)
+        except Exception as err:  # reported by the assertion below
+            result["error"] = err
+
+    job = threading.Thread(target=filter_job)
+    job.start()
+    deadline = time.monotonic() + 120
+    while not list(out.glob("shard-*.docs.json")):
+        assert job.is_alive() and time.monotonic() < deadline, "the job wrote no shard"
+        time.sleep(0.1)
+    assert job.is_alive(), "the job ended before the fault"
+    os.kill(next(p for p, argv in our_processes(served.repo).items() if Path(argv[0]).name == "tritonserver"), signal.SIGKILL)
+    job.join(180)
+    assert "error" not in result, repr(result.get("error"))
+    assert result["manifest"]["complete"]
+    _, shards = open_shards(out)
+    written = [d for s in shards for d in s.doc_ids]
+    expected = [r.doc_id for r in iter_records(inputs[0], 0)]
+    assert sorted(written) == sorted(expected) and len(written) == len(set(written))  # none lost, none twice
+
+
 def test_sigterm_stops_everything_within_10_s_without_orphans(served):
     processes = our_processes(served.repo)
     assert any(Path(argv[0]).name == STUB for argv in processes.values())
