@@ -294,5 +294,5 @@ def test_page_reports_bad_jsonl_lines_and_documents_over_the_limit(server, brows
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text("not json\n")
     browser.find_element(By.ID, "file").send_keys(str(only_bad))
-    messages = wait_for(lambda: page_state(browser)["messages"], what="a message")
+    messages = wait_for(lambda: (m := page_state(browser)["messages"]) and "bad.jsonl" in m[0] and m, what="bad.jsonl's messages")
     assert "bad.jsonl line 1: not valid JSON" in messages[0] and "no document" in messages[-1]

@@ -322,8 +322,8 @@ $("file").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   if (!file) return;
   event.target.value = ""; // opening the same file again fires a new change
-  const { docs, problems } = parseJsonl(await file.text(), file.name);
   $("messages").replaceChildren();
+  const { docs, problems } = parseJsonl(await file.text(), file.name);
   if (docs.length === 0) {
     problems.forEach(showError);
     showError(`${file.name}: no document to show (each line must be a JSON object with a "text" string).`);
