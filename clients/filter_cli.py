@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retry requests a restarting or healing server fails for this long (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model (default: all cores)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or kill")
+    parser.add_argument("--dolma-attributes", metavar="NAME", help="also write Dolma attributes: each DATASET/documents/... "
+                        "input gets DATASET/attributes/NAME/... with its spans and scores (docs/trainers.md)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -54,6 +56,7 @@ def settings_from_args(args: argparse.Namespace) -> FilterSettings:
         text_field=args.text_field, id_field=args.id_field, on_error=args.on_error, buffer_docs=args.buffer_docs,
         shard_tokens=args.shard_tokens, max_batch_tokens=args.max_batch_tokens, server=args.server,
         max_in_flight=args.max_in_flight, threads=args.threads, api_key=args.api_key, retry_deadline_s=args.retry_deadline,
+        dolma_attributes=args.dolma_attributes,
     )
 
 

@@ -101,6 +101,35 @@ def test_megatron_indexed_datasets_read_tokens_and_loss_mask(shard_dir, tmp_path
     assert (mask.get(len(mask) - 1, offset=1, length=2) == label_mask[-len(docs[-1]) + 1 :][:2]).all()
 
 
+@pytest.mark.parametrize("extra_token", [True, False])
+def test_megatron_gpt_dataset_loss_mask_carries_the_mask(shard_dir, tmp_path, extra_token):
+    """In `remove` mode the masked tokens are exactly the [hidden] ids, so every label of every
+    GPTDataset sample shows whether its loss must be masked."""
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import Split
+
+    from tokfilter.clients.export.megatron_dataset import MaskedGPTDataset
+
+    class Tokenizer:  # what GPTDataset asks of one
+        vocab_size, eod, pad, unique_identifiers = VOCAB, EOT, EOT, {"class": "test"}
+
+    out = export(shard_dir, tmp_path, "megatron", "remove", None, None)
+    prefix = str(out / "text_document")
+    config = GPTDatasetConfig(random_seed=1, sequence_length=8, tokenizer=Tokenizer(), reset_position_ids=False,
+                              reset_attention_mask=False, eod_mask_loss=False, path_to_cache=str(tmp_path / "cache"),
+                              split="1,0,0", add_extra_token_to_sequence=extra_token)
+    tokens = IndexedDataset(prefix)
+    ds = MaskedGPTDataset(tokens, prefix, np.arange(len(tokens)), None, Split.train, config)
+    masked = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        real = item["labels"] != EOT  # GPTDataset also masks its pad id (here the end-of-text id)
+        assert ((item["loss_mask"] == 0) == (item["labels"] == HIDDEN))[real].all()
+        masked += int((item["labels"] == HIDDEN).sum())
+    assert masked > 0
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("threshold,doc_threshold", THRESHOLDS)
 def test_hf_datasets_load_input_ids_and_labels(shard_dir, tmp_path, mode, threshold, doc_threshold):

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from tokfilter import paths
+from tokfilter.clients.export.dolma import DolmaAttributesWriter, attributes_row
 from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, DOC_MODEL, TOKEN_MODEL, FilterClient
 from tokfilter.clients.projection import TargetTokenizer, project
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
@@ -62,6 +63,7 @@ class FilterSettings:
     threads: int | None = None
     api_key: str | None = field(default=None, repr=False)  # of the server
     retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S
+    dolma_attributes: str | None = None  # also write Dolma attributes of this name (clients/export/dolma.py)
 
     def validate(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -95,13 +97,16 @@ class FilterSettings:
 @dataclass(frozen=True)
 class FilteredDoc:
     """A document on the target tokenizer: ids, filter probability per id, document score, its
-    length in classifier tokens, and whether the cascade skipped the token model for it."""
+    length in classifier tokens, and whether the cascade skipped the token model for it; and, on
+    its text, the flagged character spans ``(start, end, score)`` and classifier-token share."""
 
     ids: np.ndarray
     probs: np.ndarray
     doc_score: float
     classifier_tokens: int
     prefiltered: bool
+    spans: tuple = ()
+    flagged_fraction: float = 0.0
 
 
 MODEL_KEYS = {"token_model": TOKEN_MODEL, "doc_model": DOC_MODEL}  # manifest key -> served model
@@ -207,8 +212,12 @@ class ChunkFilter:
         out = []
         for i, enc in enumerate(self.target.encode(texts)):
             scores = by_doc.get(i)
-            probs = project(scores.char_probs, enc.starts, enc.ends) if scores else np.zeros(len(enc.ids), np.float32)
-            out.append(FilteredDoc(enc.ids, probs, float(doc_scores[i]), lengths[i], scores is None))
+            if scores is None:
+                out.append(FilteredDoc(enc.ids, np.zeros(len(enc.ids), np.float32), float(doc_scores[i]), lengths[i], True))
+                continue
+            spans = tuple((s.start, s.end, s.score) for s in scores.spans)
+            out.append(FilteredDoc(enc.ids, project(scores.char_probs, enc.starts, enc.ends), float(doc_scores[i]),
+                                   lengths[i], False, spans, scores.flagged_fraction))
         return out
 
 
@@ -263,6 +272,8 @@ def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, t
         return manifest
     if not resume:
         raise TokfilterError(f"--out {out_dir} already holds shards ({MANIFEST}); pass --resume to continue, or choose an empty directory")
+    if settings.dolma_attributes:
+        raise TokfilterError("--resume cannot continue --dolma-attributes files (they are written whole): rerun into an empty --out")
     if STDIN in inputs:
         raise TokfilterError("--resume cannot continue reading stdin ('-'): give files")
     old = read_manifest(out_dir)
@@ -299,6 +310,18 @@ def write_filtered(writer: ShardWriter, chunk: list[Record], docs: list[Filtered
     return tokens
 
 
+def write_attributes(attributes: DolmaAttributesWriter, chunk: list[Record], docs: list[FilteredDoc]) -> None:
+    """A buffer's rows of Dolma attributes, one per record (an empty one for a malformed record)."""
+    good = iter(docs)
+    for r in chunk:
+        if r.error is not None:
+            attributes.write(r.input_index, {"id": r.doc_id, "attributes": {}})
+            continue
+        d = next(good)
+        attributes.write(r.input_index, attributes_row(r.doc_id, attributes.name, len(r.text), d.spans, d.doc_score,
+                                                       d.flagged_fraction))
+
+
 def input_records(manifest: dict, settings: FilterSettings, progress: InputProgress | None) -> Iterator[Record]:
     """Records of all inputs, each from where the manifest says the last run stopped."""
     for i, entry in enumerate(manifest["inputs"]):
@@ -332,14 +355,19 @@ def write_run(inputs: list[str], out_dir: Path, manifest: dict, settings: Filter
     """Read the inputs into buffers, have ``filter_buffers`` filter them (yielding in input order,
     any engine), write shards; returns the final manifest."""
     writer = ShardWriter(out_dir, manifest, settings.shard_tokens)
+    attributes = DolmaAttributesWriter(inputs, settings.dolma_attributes) if settings.dolma_attributes else None
     progress = InputProgress(inputs, show_progress)
     try:
         buffers = chunked(input_records(manifest, settings, progress), settings.buffer_docs)
         for chunk, docs in filter_buffers(buffers):
             tokens = write_filtered(writer, chunk, docs, settings.on_error)
+            if attributes is not None:
+                write_attributes(attributes, chunk, docs)
             progress.update(chunk[-1].input_index, len(docs), tokens)
     finally:
         progress.close()
+        if attributes is not None:
+            attributes.close()
     for entry in manifest["inputs"]:
         entry["done"] = True
     writer.close()
