@@ -108,8 +108,9 @@ class SupervisorCollector:
 
     def collect(self):
         status = read_status(self.status_path) or {}
-        events = CounterMetricFamily("tokfilter_supervisor_events", "supervisor events: model_failed, model_reloaded, "
-                                     "process_died, triton_restarted, orphans_killed, restart_failed, gave_up", labels=["event"])
+        events = CounterMetricFamily("tokfilter_supervisor_events", "supervisor events: process_died, model_failed, "
+                                     "model_reloaded, reload_failed, orphans_killed, triton_restarted, restart_failed, "
+                                     "round_failed, gave_up", labels=["event"])
         for name, count in (status.get("events") or {}).items():
             events.add_metric([name], count)
         ready = GaugeMetricFamily("tokfilter_model_ready", "1 while the model answered the latest health check", labels=["model"])

@@ -92,7 +92,8 @@ def status_is_ready(status: dict | None, now: float | None = None) -> tuple[bool
 
 
 class Supervisor:
-    """Starts Triton with every model through ``launch()``, then keeps it healthy from a thread.
+    """Starts Triton with every model through ``launch()``, then keeps it healthy: one thread runs
+    the rounds and the recoveries, another watches the processes.
 
     ``launch()`` returns a live TritonProcess with every model loaded (raising TokfilterError
     otherwise); ``load(triton, model)`` loads one model again."""
@@ -151,8 +152,12 @@ class Supervisor:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if not self._round():
-                self._wake.set()  # not well yet: the next round at once
+            try:
+                if not self._round():
+                    self._wake.set()  # not well yet: the next round at once
+            except Exception as err:  # a bug here must not end supervision: logged, and the next round in interval_s
+                log.exception("supervisor: health round failed")
+                self._event("round_failed", repr(err))
             if self.failed:
                 return
 
@@ -195,14 +200,19 @@ class Supervisor:
         if not self._publish(results, checked_since=started):  # a process died meanwhile: the results are stale
             return False
         failing = {m: e for m, e in results.items() if e}
+        if failing and (triton.proc.poll() is not None or not self._live(triton)):  # Triton went during the round
+            return False  # the next round restarts it
+        to_reload = []
         for model, error in failing.items():
             self._event("model_failed", f"{model}: {error}")
             if "deadline" in error.lower():
                 self._timeouts[model] += 1
                 if self._timeouts[model] < TIMEOUTS_BEFORE_RELOAD:
                     continue
-            if not self._count_recovery():
-                return False
+            to_reload.append(model)
+        if to_reload and not self._count_recovery():  # one recovery per round, however many models it reloads
+            return False
+        for model in to_reload:
             self._reload(model)
         return not failing
 
@@ -286,8 +296,8 @@ class Supervisor:
             start = time.monotonic()
             try:
                 triton = self.launch()
-            except TokfilterError as err:
-                self._event("restart_failed", str(err).splitlines()[0])
+            except Exception as err:  # whatever failed, the next attempt starts from scratch
+                self._event("restart_failed", (str(err) or repr(err)).splitlines()[0])
                 self._stop.wait(backoff)
                 backoff = min(2 * backoff, self.settings.max_backoff_s)
                 continue
