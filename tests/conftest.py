@@ -32,3 +32,12 @@ def tiny_models_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
         config = TrainConfig(task=task, layers=1, max_steps=4, batch_size=8, lr=1e-4, max_length=64, stride=16)
         train_classifier(config, tiny_corpus_dir, out / name, threads=2, log=io.StringIO())
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_target_tokenizer(tiny_corpus_dir, tmp_path_factory) -> Path:
+    """A 600-id BPE target tokenizer (with end-of-text and ``[hidden]``) trained on the tiny corpus."""
+    from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
+
+    out = tmp_path_factory.mktemp("target") / "tokenizer.json"
+    return train_target_tokenizer(corpus_texts([str(tiny_corpus_dir / "train.jsonl")]), out, vocab_size=600)

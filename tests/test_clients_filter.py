@@ -20,19 +20,12 @@ from dataclasses import replace
 from tokfilter.clients.engines.local import FilterSettings, run_local
 from tokfilter.clients.shards.writer import open_shards
 from tokfilter.errors import TokfilterError
-from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 
 @pytest.fixture(scope="module")
-def target_tokenizer(tiny_corpus_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("target") / "tokenizer.json"
-    return train_target_tokenizer(corpus_texts([str(tiny_corpus_dir / "train.jsonl")]), out, vocab_size=600)
-
-
-@pytest.fixture(scope="module")
-def settings(tiny_models_dir, target_tokenizer):
+def settings(tiny_models_dir, tiny_target_tokenizer):
     return FilterSettings(token_model=str(tiny_models_dir / "token_classifier"), doc_model=str(tiny_models_dir / "doc_classifier"),
-                          target_tokenizer=str(target_tokenizer), buffer_docs=8, shard_tokens=400, threads=1)
+                          target_tokenizer=str(tiny_target_tokenizer), buffer_docs=8, shard_tokens=400, threads=1)
 
 
 def cli_args(settings, *extra):

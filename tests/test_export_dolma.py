@@ -14,7 +14,6 @@ from tokfilter.clients.export.dolma import attributes_path
 from tokfilter.clients.shards.writer import open_shards
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import HIDDEN_TOKEN, ScoringPipeline, hide_spans
-from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 NAME = "tokfilter_v1"
 # Dolma's attributes row: {"id": ..., "attributes": {"<experiment>__<tagger>__<attribute>": [[start, end, score], ...]}}
@@ -45,12 +44,6 @@ def mixer_span_replacement(text: str, spans: list, min_score: float, replacement
 
 
 @pytest.fixture(scope="module")
-def target_tokenizer(tiny_corpus_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("target") / "tokenizer.json"
-    return train_target_tokenizer(corpus_texts([str(tiny_corpus_dir / "train.jsonl")]), out, vocab_size=600)
-
-
-@pytest.fixture(scope="module")
 def dataset(tiny_corpus_dir, tmp_path_factory):
     """A Dolma dataset: documents/a.jsonl.gz (with one record lacking text), documents/sub/b.jsonl, documents/c.jsonl (empty)."""
     docs = [json.loads(line) for line in (tiny_corpus_dir / "test.jsonl").read_text().splitlines()[:14]]
@@ -65,14 +58,14 @@ def dataset(tiny_corpus_dir, tmp_path_factory):
     return root, {"a.jsonl.gz": a, "sub/b.jsonl": rows[8:], "c.jsonl": []}
 
 
-def test_attributes_mirror_the_documents_in_dolmas_schema(tiny_models_dir, target_tokenizer, dataset, tmp_path):
+def test_attributes_mirror_the_documents_in_dolmas_schema(tiny_models_dir, tiny_target_tokenizer, dataset, tmp_path):
     root, files = dataset
     token_dir, doc_dir = tiny_models_dir / "token_classifier", tiny_models_dir / "doc_classifier"
     texts = [r["text"] for rows in files.values() for r in rows if "text" in r]
     pipeline = ScoringPipeline.from_model_dirs(token_dir, doc_dir)
     threshold = float(np.median(np.concatenate([s.token_probs for s in pipeline.score(texts)])))  # some flagged, some not
     expected = iter(pipeline.score(texts, threshold))
-    settings = FilterSettings(token_model=str(token_dir), doc_model=str(doc_dir), target_tokenizer=str(target_tokenizer),
+    settings = FilterSettings(token_model=str(token_dir), doc_model=str(doc_dir), target_tokenizer=str(tiny_target_tokenizer),
                               buffer_docs=4, shard_tokens=300, threads=1, threshold=threshold, dolma_attributes=NAME)
     manifest = run_local([str(root / "documents" / name) for name in files], tmp_path / "shards", settings, show_progress=False)
     doc_scores = np.concatenate([s.doc_scores for s in open_shards(tmp_path / "shards")[1]])

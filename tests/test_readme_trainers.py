@@ -4,6 +4,7 @@ shards, here from the tiny fixtures). `text` blocks are the ones the README says
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tokfilter.clients.engines.local import FilterSettings, run_local
-from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -24,15 +24,16 @@ def section_blocks(title: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_masks_in_your_trainer_examples_run_as_written(tiny_corpus_dir, tiny_models_dir, tmp_path):
+def test_masks_in_your_trainer_examples_run_as_written(tiny_corpus_dir, tiny_models_dir, tiny_target_tokenizer, tmp_path):
     artifacts = tmp_path / "artifacts"
     (artifacts / "corpus").mkdir(parents=True)
     (artifacts / "corpus" / "test.jsonl").write_text((tiny_corpus_dir / "test.jsonl").read_text())
     (artifacts / "models").mkdir()
     for name in ("token_classifier", "doc_classifier"):
         (artifacts / "models" / name).symlink_to(tiny_models_dir / name)
-    tokenizer = train_target_tokenizer(corpus_texts([str(tiny_corpus_dir / "train.jsonl")]),
-                                       artifacts / "target_tokenizer" / "tokenizer.json", vocab_size=600)
+    (artifacts / "target_tokenizer").mkdir()
+    tokenizer = artifacts / "target_tokenizer" / "tokenizer.json"
+    shutil.copy(tiny_target_tokenizer, tokenizer)
     settings = FilterSettings(token_model=str(artifacts / "models" / "token_classifier"),
                               doc_model=str(artifacts / "models" / "doc_classifier"), target_tokenizer=str(tokenizer), threads=1)
     run_local([str(artifacts / "corpus" / "test.jsonl")], artifacts / "shards" / "train", settings, show_progress=False)
