@@ -25,7 +25,7 @@ RESULTS_DIR = paths.REPO_ROOT / "benchmarks" / "results" if paths.REPO_ROOT else
 
 
 def run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
-                   out_dir: Path, threads: int | None = None) -> dict:
+                   out_dir: Path, threads: int | None = None, mcq_data: Path | None = None) -> dict:
     """Build inputs, run the grid, analyse, plot and write the report; returns the results."""
     import torch
 
@@ -34,24 +34,24 @@ def run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path,
     if threads:
         torch.set_num_threads(threads)  # small models on a shared machine: fewer threads is often faster
     try:
-        return _run_experiment(config, corpus_dir, models_dir, tokenizer, work_dir, out_dir, threads, start)
+        return _run_experiment(config, corpus_dir, models_dir, tokenizer, work_dir, out_dir, threads, mcq_data, start)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
-                    out_dir: Path, threads: int | None, start: float) -> dict:
+                    out_dir: Path, threads: int | None, mcq_data: Path | None, start: float) -> dict:
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = prepare_inputs(config, Path(corpus_dir), Path(models_dir), Path(tokenizer), work_dir, threads)
-    runs = run_grid(config, inputs, work_dir)
-    analysis = analyse(runs, config.sizes)
+    runs = run_grid(config, inputs, work_dir, mcq_data)
+    analysis = analyse(runs, config.sizes, config.bootstrap_replicates, config.seed)
     plots = plot_all(runs, analysis, config, out_dir)
     elapsed = time.perf_counter() - start
-    results = {"config": asdict(config), "inputs": {k: str(v) for k, v in asdict(inputs).items()}, "runs": runs,
-               "analysis": analysis, "elapsed_s": elapsed}
+    results = {"config": asdict(config), "inputs": asdict(inputs), "runs": runs, "analysis": analysis, "elapsed_s": elapsed}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=lambda x: None if x == math.inf else str(x)))
-    write_report(config, inputs, runs, analysis, plots, out_dir, elapsed)
+    write_report(config, inputs, runs, analysis, plots, out_dir, elapsed,
+                 "skipped: no --mcq-data" if mcq_data is None else f"none scored from {mcq_data}")
     return results
 
 
@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, default=None, help="target tokenizer.json (default WORK/tokenizer.json, trained if missing)")
     parser.add_argument("--out", type=Path, default=None, help=f"report dir (default: {RESULTS_DIR / 'experiment_<name>'})")
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--mcq-data", type=Path, default=None,
+                        help="folder with mmlu.jsonl, medmcqa.jsonl, medqa.jsonl: score the real sets too (skipped without it)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
     work = args.work or paths.ARTIFACTS / "experiments" / config.name
     out = args.out or RESULTS_DIR / f"experiment_{config.name}"
     results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
-                             args.tokenizer or work / "tokenizer.json", work, out, args.threads)
+                             args.tokenizer or work / "tokenizer.json", work, out, args.threads, args.mcq_data)
     for claim in results["analysis"]["claims"]:
         print(f"{claim_status(claim).upper()}: {claim['claim']}")
     print(f"report: {out / 'report.md'}")
