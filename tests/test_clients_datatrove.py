@@ -16,6 +16,7 @@ def documents(tiny_corpus_dir):
 
 
 def run_pipeline(tmp_path, documents, **step_args) -> list[dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
@@ -61,3 +62,25 @@ def test_step_without_a_document_model(tiny_models_dir, documents, tmp_path):
     rows = run_pipeline(tmp_path, documents[:3], token_model=tiny_models_dir / "token_classifier", doc_model=None)
     assert [r["metadata"]["tokfilter_doc_score"] for r in rows] == [None] * 3
     assert all(0.0 <= r["metadata"]["tokfilter_flagged_fraction"] <= 1.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_step_against_a_running_server(tiny_models_dir, documents, tmp_path):
+    """server="grpc://...": the same metadata from a real Triton server (FilterClient) as in process."""
+    from tokfilter.server.model_repo import place_models
+    from tokfilter.server.serve import running_server
+    from tokfilter.server.triton import free_port
+
+    token_dir, doc_dir = tiny_models_dir / "token_classifier", tiny_models_dir / "doc_classifier"
+    local = run_pipeline(tmp_path / "local", documents, token_model=token_dir, doc_model=doc_dir, threshold=0.5)
+    place_models(tiny_models_dir, tmp_path / "repo")
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port(), "gateway_port": None}
+    with running_server(tmp_path / "repo", ort_threads=1, log_dir=tmp_path / "logs", **ports) as endpoints:
+        served = run_pipeline(tmp_path / "served", documents, token_model=token_dir, doc_model=doc_dir, threshold=0.5,
+                              server=endpoints.grpc_url)
+    assert [r["id"] for r in served] == [r["id"] for r in local]
+    for s, l in zip(served, local):
+        s, l = s["metadata"], l["metadata"]
+        assert s["tokfilter_doc_score"] == pytest.approx(l["tokfilter_doc_score"], abs=1e-4)
+        assert s["tokfilter_flagged_fraction"] == pytest.approx(l["tokfilter_flagged_fraction"], abs=0.02)
+        assert s["tokfilter_threshold"] == 0.5
