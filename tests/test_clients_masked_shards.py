@@ -15,9 +15,9 @@ from tokfilter.errors import TokfilterError
 EOT, HIDDEN = 0, 1
 
 
-def write_shards(out_dir, docs, shard_tokens=8, threshold=0.5):
+def write_shards(out_dir, docs, shard_tokens=8, threshold=0.5, dtype="uint16"):
     """docs: list of (doc_id, ids, probs, doc_score)."""
-    manifest = {"format": "tokfilter-shards", "version": 1, "dtype": "uint16", "eot_id": EOT,
+    manifest = {"format": "tokfilter-shards", "version": 1, "dtype": dtype, "eot_id": EOT,
                 "hidden_id": HIDDEN, "threshold": threshold, "inputs": [{"path": "x", "records_read": 0}]}
     writer = ShardWriter(out_dir, manifest, shard_tokens=shard_tokens)
     for i, (doc_id, ids, probs, score) in enumerate(docs):
