@@ -142,7 +142,7 @@ class ShardStream:
 
 
 class Progress:
-    """Tokens written, tokens/s and ETA on stderr (tqdm); silent when disabled."""
+    """Shard tokens processed, tokens/s and ETA on stderr (tqdm); silent when disabled."""
 
     def __init__(self, total_tokens: int, enabled: bool, desc: str = "export"):
         from tqdm import tqdm
