@@ -7,7 +7,7 @@ trainer reads today).
 
 Synthetic shards (uint16 ids, a vocabulary of 32k, documents of 1-2000 tokens, about 10% of the
 tokens flagged, 1M-token shards) are written to a temporary directory first. Tokens/s counts the
-shards' tokens read (in `document` mode more than are written). Writes benchmarks/results/export.{json,md}.
+shards' tokens read (in `document` mode more than are written). Writes benchmarks/results/export.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -121,10 +121,30 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         goal = {True: "met", False: "not met"}.get(r.get("goal_met"), "")
         lines.append(f"| {r['variant']} | {r['seconds']} | {r['tokens_per_s'] / 1e6:.1f} | {r['vs_numpy_copy']} | {goal} |")
-    lines += ["", "Tokens/s counts the shards' tokens read (`document` mode writes fewer: it drops the documents over the "
+    lines += ["", "![tokens/s per variant](export.png)", "", "Tokens/s counts the shards' tokens read (`document` mode writes fewer: it drops the documents over the "
               "document threshold, here about half). MaskedShards iteration: `sample(k)` over the first samples of "
               "seq_len 2048, mode mask (its own token count)."]
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Horizontal bars of M tokens/s per variant, the goal as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    colors = ["tab:gray" if "baseline" in r["variant"] else "tab:blue" for r in rows]
+    ax.barh([r["variant"] for r in rows], [r["tokens_per_s"] / 1e6 for r in rows], color=colors)
+    ax.axvline(result["goal_tokens_per_s"] / 1e6, color="tab:red", linestyle="--", label="goal (olmo-core, megatron)")
+    ax.set_xlabel("M tokens/s (best of interleaved runs)")
+    ax.set_title(f"tokfilter export, {result['tokens'] / 1e6:.0f}M tokens, {result['machine']['platform']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -138,6 +158,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "export.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "export.md").write_text(markdown(result))
+    plot(result, args.out / "export.png")
     print(markdown(result))
 
 
