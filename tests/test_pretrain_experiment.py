@@ -159,6 +159,14 @@ def test_multiple_choice_claim_is_not_testable_when_the_baseline_is_at_chance():
     assert "not testable" in claim["evidence"][0]
 
 
+def test_multiple_choice_claim_says_why_without_absorbed_questions():
+    runs = [mc_run("1m", "nomask", 0.45, 0.50), mc_run("1m", "mask", 0.27, 0.49)]
+    for r in runs:
+        del r["multiple_choice"]["absorbed"]["biology"]
+    claim = claim_multiple_choice(runs, ["1m"])
+    assert claim["testable"] is False and "no absorbed-knowledge questions for biology" in claim["evidence"][0]
+
+
 def test_multiple_choice_claim_judges_a_baseline_above_chance():
     above = [mc_run("1m", "nomask", 0.45, 0.50), mc_run("1m", "mask", 0.27, 0.49), mc_run("1m", "remove", 0.30, 0.40)]
     claim = claim_multiple_choice(above, ["1m"])

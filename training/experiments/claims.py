@@ -149,8 +149,13 @@ def claim_multiple_choice(runs: list[dict], sizes: list[str]) -> dict:
         base = primary(runs, size, "nomask")
         for run_type in TOKEN_RUN_TYPES:
             r = primary(runs, size, run_type)
-            absorbed = (r or {}).get("multiple_choice", {}).get("absorbed", {})
-            if r is None or FORGET not in absorbed or RETAIN not in absorbed:
+            if r is None:
+                continue
+            absorbed = r["multiple_choice"].get("absorbed", {})
+            missing = [d for d in (FORGET, RETAIN) if d not in absorbed]
+            if missing:
+                lines.append(f"{size} {run_type}: no absorbed-knowledge questions for {' and '.join(missing)} (a domain needs "
+                             "4 definitions read whole in one source) -> not testable")
                 continue
             med, bio = absorbed[FORGET], absorbed[RETAIN]
             med0, bio0 = base["multiple_choice"]["absorbed"][FORGET], base["multiple_choice"]["absorbed"][RETAIN]
