@@ -108,6 +108,19 @@ def latency_ms(rows: list) -> dict:
     return {"p50": round(statistics.median(times), 1), "max": round(times[-1], 1)}
 
 
+def changes(rows: list, killed: float, end: float) -> list:
+    """[sent, received, ok, how many rows in a row] from 1 s before the kill to 1 s after the heal,
+    in seconds from the kill: where the answers changed."""
+    out = []
+    for sent, received, ok in rows:
+        if killed - 1 < sent < end + 1:
+            if out and out[-1][2] == ok:
+                out[-1][3] += 1
+            else:
+                out.append([round(sent - killed, 3), round(received - killed, 3), ok, 1])
+    return out
+
+
 def run_fault(rec: Recorder, kind: str, ep) -> dict:
     """Kill one process, wait until inference works again (or ``HEAL_GOAL_S`` * 2), describe it."""
     triton = ep.supervisor.triton
@@ -121,20 +134,22 @@ def run_fault(rec: Recorder, kind: str, ep) -> dict:
     end = healed[1] if healed else time.monotonic()
     time.sleep(2)  # let the requests of the fault finish
     during = [r for r in rec.requests if r[0] < end and r[1] > killed]
-    lies = 0
+    lying = set()  # /readyz answers "ready" sent more than DETECT_S after a failed inference, before one worked again
     for sent, received, ok in [p for p in rec.probes if killed < p[0] < end and not p[2]]:
         recovered = next((s for s, _, good in rec.probes if s > sent and good), float("inf"))
-        lies += sum(1 for s, _, good in rec.readiness if good and received + DETECT_S <= s <= recovered)
+        lying |= {s for s, _, good in rec.readiness if good and received + DETECT_S <= s <= recovered}
+
     return {
         "fault": kind,
         "healed": bool(healed),
         "heal_s": round(healed[1] - killed, 2) if healed else None,
         "readyz_503_after_s": round(not_ready[1] - killed, 2) if not_ready else None,
         "readyz_ready_again_after_s": round(ready[1] - killed, 2) if ready else None,
-        "readyz_ready_while_failing": lies,
+        "readyz_ready_while_failing": len(lying),
         "requests_during": len(during),
         "requests_failed": sum(1 for r in during if not r[2]),
         "request_latency_ms_during": latency_ms(during),
+        "timeline": {"inference": changes(rec.probes, killed, end), "readyz": changes(rec.readiness, killed, end)},
     }
 
 
