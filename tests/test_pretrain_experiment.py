@@ -75,6 +75,8 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(TokfilterError, match="nomask"):
         ExperimentConfig.load(bad)
     assert cli_main(["experiment", str(tmp_path / "missing.json")]) == 2
+    assert cli_main(["experiment", "smoke", "--work", str(tmp_path / "w"), "--mcq-data", str(tmp_path / "no-mcq")]) == 2
+    assert not (tmp_path / "w").exists()  # refused before building anything
     for name in ("smoke", "small", "reduced", "ablation_ratio", "ablation_label_noise", "ablation_weak_to_strong", "gpu"):
         ExperimentConfig.load(config_path(name))
     bad.write_text(json.dumps({"name": "x", "sizes": ["tiny"], "classifier_variants": [{"name": "b", "labels_from": "a"}]}))
@@ -116,7 +118,7 @@ def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path)
     assert all("adversarial" in r for r in runs if r["primary"] and r["run_type"] != "nomask")
     law = results["analysis"]["laws"]["medicine"]
     assert law["law"] is not None or "does not fall" in law["why"]  # 3 sizes x 2 budgets: a law unless loss rose
-    assert all(set(r["multiple_choice"]) == {"held_out", "absorbed"} for r in runs)  # no --mcq-data: no real sets
+    assert all(set(r["multiple_choice"]) == ({"held_out", "absorbed"} if r["primary"] else set()) for r in runs)  # no real sets
     variants = results["inputs"]["variants"]
     assert set(variants) == {"main", "noisy", "on_noisy"} and all(0 <= v["metrics"]["f1"] <= 1 for v in variants.values())
     report = (out / "report.md").read_text()

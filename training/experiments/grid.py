@@ -269,8 +269,8 @@ def log(message: str) -> None:
 
 def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path, mcq_data: Path | None = None) -> list[dict]:
     """Pretrain every planned run (skipping finished ones), then evaluate all on the same sets:
-    losses per passage, multiple choice (held-out; absorbed, of the training items the grid's
-    unfiltered run read; real sets given ``mcq_data``), adversarial fine-tuning of primary runs."""
+    losses per passage; for primary runs, multiple choice (held-out; absorbed, of the training items
+    the grid's unfiltered run read; real sets given ``mcq_data``) and adversarial fine-tuning."""
     thresholds = resolve_thresholds(config, inputs)
     runs = plan_runs(config, thresholds)
     vocab_size = vocab_size_of(inputs.tokenizer)
@@ -310,7 +310,8 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path, mcq_data:
         losses = evaluator.domain_losses(model)
         run["losses"] = {d: r["loss"] for d, r in losses.items()}
         run["passage_losses"] = {d: r["passages"] for d, r in losses.items()}
-        run["multiple_choice"] = evaluator.multiple_choice(model)
+        # multiple choice only where the claims and tables read it: the primary run of each type and size
+        run["multiple_choice"] = evaluator.multiple_choice(model) if run["primary"] else {}
     for run in runs:
         if run["run_type"] != "nomask" and run["primary"] and config.adversarial_max_tokens > 0:
             baseline = next(r for r in runs if r["size"] == run["size"] and r["run_type"] == "nomask" and r["primary"])

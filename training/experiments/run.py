@@ -19,6 +19,7 @@ from tokfilter.training.experiments.claims import analyse, claim_status
 from tokfilter.training.experiments.config import ExperimentConfig, config_path
 from tokfilter.training.experiments.grid import prepare_inputs, run_grid
 from tokfilter.training.experiments.report import plot_all, write_report
+from tokfilter.training.pretrain.mcq import load_real_sets
 
 # a checkout keeps reports beside the benchmarks; an installed package under artifacts/
 RESULTS_DIR = paths.REPO_ROOT / "benchmarks" / "results" if paths.REPO_ROOT else paths.ARTIFACTS / "results"
@@ -41,6 +42,8 @@ def run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path,
 
 def _run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path, tokenizer: Path, work_dir: Path,
                     out_dir: Path, threads: int | None, mcq_data: Path | None, start: float) -> dict:
+    if mcq_data is not None:  # a bad path fails now, not after an hour of pretraining
+        load_real_sets(mcq_data, 1, config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = prepare_inputs(config, Path(corpus_dir), Path(models_dir), Path(tokenizer), work_dir, threads)
