@@ -163,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
                         help="recoveries (model reloads, Triton restarts) allowed within --failure-window before serve "
                              "stops and exits 1 (default: %(default)s)")
-    parser.add_argument("--failure-window", type=float, default=defaults.failure_window_s, metavar="SECONDS", help="(default: %(default)s)")
+    parser.add_argument("--failure-window", type=float, default=defaults.failure_window_s, metavar="SECONDS",
+                        help="the window in which --max-failures counts recoveries (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
