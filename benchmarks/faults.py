@@ -31,7 +31,7 @@ from tokfilter.clients.filter_client import FilterClient, key_headers
 from tokfilter.modelcard import load_model_card
 from tokfilter.server.model_repo import place_models
 from tokfilter.server.serve import running_server
-from tokfilter.server.supervisor import SupervisorSettings, probe_inputs
+from tokfilter.server.supervisor import SupervisorSettings, probe_inputs, readiness_lies
 from tokfilter.server.triton import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -134,10 +134,7 @@ def run_fault(rec: Recorder, kind: str, ep) -> dict:
     end = healed[1] if healed else time.monotonic()
     time.sleep(2)  # let the requests of the fault finish
     during = [r for r in rec.requests if r[0] < end and r[1] > killed]
-    lying = set()  # /readyz answers "ready" sent more than DETECT_S after a failed inference, before one worked again
-    for sent, received, ok in [p for p in rec.probes if killed < p[0] < end and not p[2]]:
-        recovered = next((s for s, _, good in rec.probes if s > sent and good), float("inf"))
-        lying |= {s for s, _, good in rec.readiness if good and received + DETECT_S <= s <= recovered}
+    lying = [t for t in readiness_lies(list(rec.probes), list(rec.readiness), DETECT_S) if killed < t < end]
 
     return {
         "fault": kind,
@@ -184,7 +181,8 @@ def markdown(result: dict) -> str:
         f"{'met' if s['heal_moonshot_met'] else 'not met'}).",
         f"- Failed FilterClient requests during the faults: {s['requests_failed']} of {s['requests_during']} "
         f"(goal 0: {'met' if s['requests_failed'] == 0 else 'NOT met'}).",
-        f"- /readyz said ready while inference failed (more than {DETECT_S:g} s after a failure): {s['readyz_lies']} times.",
+        f"- /readyz said ready while inference was failing (between two failed inferences, more than {DETECT_S:g} s into "
+        f"the failures): {s['readyz_lies']} times.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ answered the latest round.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -89,6 +90,26 @@ def status_is_ready(status: dict | None, now: float | None = None) -> tuple[bool
         failing = {m: r["error"] for m, r in status["models"].items() if r["error"]}
         return False, status.get("reason") or f"failing: {failing}"
     return True, "ready"
+
+
+def readiness_lies(probes: list[tuple], readiness: list[tuple], grace_s: float) -> list[float]:
+    """When /readyz said ready while inference was failing: the criterion tests and benchmarks apply.
+
+    ``probes`` and ``readiness`` are (sent, received, ok) rows of direct inferences and /readyz
+    answers, in order. A "ready" sent at t is a lie when the inferences sent last before t and first
+    after t both failed, in a run of failures that began at least ``grace_s`` before t (a fault can
+    precede its detection by the watch period). A probe thread that falls silent proves nothing."""
+    sent_times, failing_since, since = [p[0] for p in probes], [], None
+    for sent, _, ok in probes:  # for each probe, when its run of failures began (None: it answered)
+        since = None if ok else (sent if since is None else since)
+        failing_since.append(since)
+    lies = []
+    for sent, _, ok in readiness:
+        i = bisect.bisect_right(sent_times, sent)  # probes[i - 1]: the last sent before, probes[i]: the first after
+        if ok and 0 < i < len(probes) and not probes[i][2] and failing_since[i - 1] is not None \
+                and sent - failing_since[i - 1] >= grace_s:
+            lies.append(sent)
+    return lies
 
 
 class Supervisor:
