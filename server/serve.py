@@ -132,18 +132,13 @@ def running_server(
     supervisor = Supervisor(launch, lambda triton, model: load_models(triton, repo, instances, ort_threads, precision, (model,)),
                             status_path, api_key, supervision)
     supervisor.start()
-    gateway = None
     try:
         if gateway_port is not None:
             gateway = start_gateway(endpoints, repo / "token_classifier" / "1", api_key, status_path, log_dir / f"gateway-{gateway_port}.log")
+            supervisor.watch(gateway, "gateway")
         yield replace(endpoints, supervisor=supervisor)
-    finally:
-        if gateway is not None:  # both stop at once: SIGTERM to the gateway first, its wait after Triton's
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(gateway.pid, signal.SIGTERM)
+    finally:  # the gateway too (start_gateway stops one that failed to start)
         supervisor.stop()
-        if gateway is not None:
-            stop_process_group(gateway, timeout=3)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
               f"models ready: {', '.join(SERVED_MODELS)}; stop with Ctrl-C", flush=True)
         while stop["signal"] is None and not ep.supervisor.failed:
             time.sleep(0.2)
-    if ep.supervisor.failed:
+    if ep.supervisor.failed and stop["signal"] is None:  # (a stop signal to the whole group also ends the gateway)
         print(f"tokfilter serve: error: {ep.supervisor.failed}", file=sys.stderr, flush=True)
         return 1
     print("stopped", flush=True)

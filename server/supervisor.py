@@ -11,8 +11,9 @@ says not ready at once (a round can take seconds under load) and a round starts.
 - tritonserver is gone or not live: the stubs it left (reparented to init, still in its session)
   are killed, their shared-memory regions removed, and Triton is started again with every model;
   a restart that fails is retried with doubling pauses;
-- more than ``max_failures`` recoveries within ``failure_window_s``: everything is stopped and
-  ``failed`` says why (``tokfilter serve`` exits non-zero, so that an orchestrator restarts it).
+- more than ``max_failures`` recoveries within ``failure_window_s``, or the gateway (a watched
+  companion process) exited: everything is stopped and ``failed`` says why (``tokfilter serve``
+  exits non-zero, so that an orchestrator restarts it).
 
 Each round's result and the event counts go to a JSON status file, written atomically, which the
 gateway (another process) reads for ``/readyz`` and ``/metrics``: ready only while every model
@@ -25,10 +26,13 @@ import bisect
 import json
 import logging
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +41,7 @@ import numpy as np
 from tokfilter.clients.filter_client import key_headers
 from tokfilter.errors import TokfilterError
 from tokfilter.server.model_repo import SERVED_MODELS
-from tokfilter.server.triton import TritonProcess, process_alive
+from tokfilter.server.triton import TritonProcess, process_alive, stop_process_group
 
 log = logging.getLogger("tokfilter.serve")
 WATCH_S = 0.2  # how often the processes are looked at between rounds
@@ -136,6 +140,7 @@ class Supervisor:
         self._lock = threading.Lock()  # self.triton against stop()
         self._status_lock = threading.Lock()  # events, the status file and the watcher's view
         self._threads: list[threading.Thread] = []
+        self._companions: list[tuple[subprocess.Popen, str]] = []
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -156,12 +161,21 @@ class Supervisor:
         for thread in self._threads:
             thread.start()
 
+    def watch(self, proc: subprocess.Popen, name: str) -> None:
+        """Watch ``proc`` too (the gateway): if it exits, give up; stop it with the rest."""
+        self._companions.append((proc, name))
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        for proc, _ in self._companions:  # SIGTERM first, so that they stop beside Triton
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         with self._lock:
             if self.triton is not None:
                 self.triton.stop()
+        for proc, _ in self._companions:
+            stop_process_group(proc, timeout=3)
         for thread in self._threads:
             thread.join(timeout=10)
 
@@ -186,6 +200,10 @@ class Supervisor:
         """Every 0.2 s: has tritonserver or one of its stubs exited? Then not ready, and a round."""
         reported = None
         while not self._stop.wait(WATCH_S) and not self.failed:
+            exited = [f"the {name} exited with code {proc.returncode}" for proc, name in self._companions if proc.poll() is not None]
+            if exited and not self._stop.is_set():
+                self._give_up(exited[0])
+                return
             triton = self.triton
             if triton.proc.poll() is not None:
                 fault = None if reported == triton.proc.pid else f"tritonserver exited with code {triton.proc.returncode}"
@@ -279,14 +297,17 @@ class Supervisor:
             self._recoveries.popleft()
         if len(self._recoveries) <= self.settings.max_failures:
             return True
-        self.failed = (f"giving up: {len(self._recoveries)} recoveries within {self.settings.failure_window_s:g} s "
-                       f"(--max-failures {self.settings.max_failures}); the last problem: {self._last_event}")
-        log.error("supervisor: %s", self.failed)
+        self._give_up(f"{len(self._recoveries)} recoveries within {self.settings.failure_window_s:g} s "
+                      f"(--max-failures {self.settings.max_failures}); the last problem: {self._last_event}")
+        return False
+
+    def _give_up(self, reason: str) -> None:
+        """Stop Triton and say why: ``tokfilter serve`` exits 1 with it."""
+        self.failed = f"giving up: {reason}"
         self._event("gave_up", self.failed)
         with self._lock:
             self.triton.stop()
         self._publish({}, reason=self.failed)
-        return False
 
     def _reload(self, model: str) -> None:
         start = time.monotonic()

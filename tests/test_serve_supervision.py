@@ -270,3 +270,17 @@ def test_too_many_failures_stop_serve_with_exit_code_1(tiny_models_dir, tmp_path
     output = served.output.read_text()
     assert "error: giving up: 2 recoveries" in output and "restart_failed" in output, output[-3000:]
     assert our_processes(served.repo) == {}
+
+
+def test_a_dead_gateway_ends_serve_with_exit_code_1(tiny_models_dir, tmp_path):
+    served = start_serve(tiny_repo(tiny_models_dir, tmp_path / "repo"), tmp_path)
+    gateway = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and f"--port\0{served.endpoints.gateway_port}\0".encode()
+               in (e / "cmdline").read_bytes()]
+    try:
+        os.kill(gateway[0], signal.SIGKILL)
+        assert served.proc.wait(30) == 1
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+    assert "error: giving up: the gateway exited with code -9" in served.output.read_text()
+    assert our_processes(served.repo) == {}
