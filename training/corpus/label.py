@@ -28,10 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tokfilter.clients.readers import check_inputs, iter_records
 from tokfilter.errors import TokfilterError
+from tokfilter.scoring import ScoringPipeline
 from tokfilter.sentences import sentence_spans
 from tokfilter.training.corpus.domains import FORGET
 from tokfilter.training.corpus.weak_labels import MAX_TERM_WORDS, Lexicon, merge_spans, words_of
+from tokfilter.windows import load_tokenizer
 
 FORGET_SENTENCE_SHARE = 0.5  # a sentence at least this much labelled is a forget-domain passage
 LABEL_BATCH_DOCS = 64  # documents scored by the teacher per call (progress granularity)
@@ -95,12 +98,8 @@ class Teacher:
     """An exported token classifier whose tokens at or above ``threshold`` become labels."""
 
     def __init__(self, model_dir: Path, threshold: float | None = None):
-        from tokfilter.scoring import ScoringPipeline
-
         tokenizer_path = Path(model_dir) / "tokenizer.json"
         try:
-            from tokfilter.windows import load_tokenizer
-
             load_tokenizer(tokenizer_path)
         except Exception as err:  # tokenizers raises its own exception types for a missing or bad file
             raise TokfilterError(f"teacher {model_dir}: tokenizer {tokenizer_path} does not load ({err})") from err
@@ -115,8 +114,6 @@ class Teacher:
 
 def read_documents(inputs: Sequence[str], text_field: str, id_field: str) -> Iterator[tuple[str, str]]:
     """(id, text) of every record; an unreadable file or a malformed record is an error naming it."""
-    from tokfilter.clients.readers import check_inputs, iter_records
-
     check_inputs(list(inputs))
     for index, path in enumerate(inputs):
         try:
