@@ -273,6 +273,7 @@ def markdown(result: dict) -> str:
         "Token metrics at each token model's card threshold; an inserted sentence's word pieces are the positives. "
         "Document recall: share of mixed documents whose document score reaches the document card's threshold, and its "
         "95%-recall threshold (the cascade's cut `--doc-prefilter`): the rest would skip the token model.", "",
+        *([result["note"], ""] if result.get("note") else []),
         head, sep,
         line("token threshold (card)", lambda r: r["threshold"]),
         line("flagged word pieces, med passages", lambda r: r["flagged_share"]["med"], pct),
@@ -374,6 +375,7 @@ def main() -> int:
     parser.add_argument("--max-per-domain", type=int, metavar="N", help="score a seeded sample of N passages per domain")
     parser.add_argument("--write-unlabelled", type=Path, metavar="OUT.jsonl",
                         help="write the --split passages as an unlabelled corpus (for `tokfilter label`) and stop")
+    parser.add_argument("--note", default="", help="a line for the markdown (how the models were trained, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     if not all((args.data / f"{d}.jsonl").is_file() for d in DOMAINS):
@@ -393,7 +395,7 @@ def main() -> int:
         rows[name] = evaluate_model(token_dir, doc_dir, passages, mixed)
     result = {
         "benchmark": "real_text", "data": str(args.data), "split": args.split, "seed": args.seed, "splits": SPLITS,
-        "max_per_domain": args.max_per_domain,
+        "max_per_domain": args.max_per_domain, "note": args.note,
         "passages": {d: sum(p.domain == d for p in passages) for d in DOMAINS}, "mixed_docs": len(mixed),
         "rows": rows, "goals": {n: goals_met(r) for n, r in rows.items()},
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {sys.version.split()[0]}",

@@ -60,7 +60,7 @@ def test_splits_share_no_item_term_or_definition(built):
 def test_documents_follow_the_data_contract(built):
     out, manifest = built
     docs_by_split = _documents(out)
-    assert 200 <= manifest["docs"] <= 400  # ~160 composed + as many interleaved
+    assert 400 <= manifest["docs"] <= 800  # ~160 composed + 3x as many interleaved
     for split, docs in docs_by_split.items():
         assert docs, f"split {split} is empty"
         for doc in docs:
@@ -91,7 +91,8 @@ def test_manifest_records_sources_and_counts(built):
         assert source["version"] and source["licence"]
         assert source["items_used"] > 0 or source["lexicon_terms"] > 0
     assert sum(sum(s["docs"].values()) for s in manifest["splits"].values()) == manifest["docs"]
-    assert 0.0 < manifest["medicine_token_share"] < 0.5 and 0.0 < manifest["mixed_doc_share"] < 0.5
+    assert 0.0 < manifest["medicine_token_share"] < 0.5
+    assert 0.0 < manifest["mixed_doc_share"] < 0.8  # interleaved documents holding both sides are mixed
 
 
 def test_label_noise_changes_labels_only(built, tmp_path):
