@@ -53,8 +53,8 @@ def test_cloze_sequences_fit_and_keep_the_option(prompt, option, seq_len):
     assert seq[:first] == prompt[len(prompt) - first:]  # the end of the prompt
     if prompt:
         assert first >= 1  # a scored token always has context
-    if len(prompt) + len(option) <= seq_len + 1:
-        assert seq == prompt + option
+    if prompt and len(prompt) + len(option) <= seq_len + 1:
+        assert seq == prompt + option  # without a prompt the option is cut to seq_len (its first token has no context)
 
 
 def test_real_sets_load_by_domain_group_when_the_data_exists():
