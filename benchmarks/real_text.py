@@ -24,6 +24,17 @@ token model dir; its document model is the ``doc_classifier`` dir beside it unle
     python benchmarks/real_text.py --data ../shared/data/realtext \\
         --model artifacts/models_baseline/token_classifier --model artifacts/models/token_classifier
 
+The adapted model (the adapt split as a user's own unlabelled corpus, labelled by the default model
+as teacher and interleaved, mixed into the default corpus):
+
+    python benchmarks/real_text.py --data ../shared/data/realtext --split adapt --write-unlabelled artifacts/realtext_adapt.jsonl
+    tokfilter label artifacts/realtext_adapt.jsonl --out artifacts/realtext_adapt_i3 \\
+        --teacher artifacts/models/token_classifier --whole-sentences --interleave 3
+    tokfilter train-classifier --task token --corpus artifacts/corpus --corpus artifacts/realtext_adapt_i3:2 \\
+        --out artifacts/models_adapted/token_classifier
+    python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/token_classifier \\
+        --model adapted=artifacts/models_adapted/token_classifier --doc-model adapted=artifacts/models/doc_classifier
+
 Writes benchmarks/results/real_text.{json,md,png}.
 """
 
