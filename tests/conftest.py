@@ -35,6 +35,18 @@ def tiny_models_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_joint_model_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
+    """``joint_classifier/``: one 1-layer encoder with token and document heads, trained a few steps
+    and exported as one graph (outputs ``logits`` and ``doc_logits``)."""
+    from tokfilter.training.classifier.train import TrainConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("tiny_joint") / "joint_classifier"
+    config = TrainConfig(task="joint", layers=1, max_steps=4, batch_size=8, lr=1e-4, max_length=64, stride=16)
+    train_classifier(config, tiny_corpus_dir, out, threads=2, log=io.StringIO())
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_target_tokenizer(tiny_corpus_dir, tmp_path_factory) -> Path:
     """A 600-id BPE target tokenizer (with end-of-text and ``[hidden]``) trained on the tiny corpus."""
     from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer

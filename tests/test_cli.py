@@ -137,7 +137,7 @@ def test_every_flag_lands_in_its_setting(name):
 def test_train_classifier_without_max_steps_takes_the_tasks_default():
     from tokfilter.training.classifier.train import DEFAULT_MAX_STEPS, config_from_args
 
-    for task in ("token", "document"):
+    for task in ("token", "document", "joint"):
         assert config_from_args(parser_of("train-classifier").parse_args(["--task", task])).max_steps == DEFAULT_MAX_STEPS[task]
 
 

@@ -22,6 +22,19 @@ def forget_probability(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(logits[..., 0] - logits[..., 1]))).astype(np.float32)
 
 
+WindowProbs = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def window_probabilities(outputs: dict[str, np.ndarray]) -> WindowProbs:
+    """What a window scorer returns, from a classifier's raw outputs (any engine): p(forget) of
+    ``logits``, [B, S] per position (token model) or [B] per window (document model); for a joint
+    model, whose outputs also hold ``doc_logits``, the pair (token p [B, S], window p [B])."""
+    probs = forget_probability(outputs["logits"])
+    if "doc_logits" in outputs:
+        return probs, forget_probability(outputs["doc_logits"])
+    return probs
+
+
 def import_onnxruntime():
     """The ``onnxruntime`` module, or a TokfilterError saying which extra installs it."""
     try:
@@ -82,7 +95,8 @@ class OnnxWindowScorer:
     """Scores padded window batches with an exported classifier.
 
     Token model: ``(input_ids, attention_mask) [B, S] -> p(forget) [B, S]``.
-    Document model: ``-> p(forget) [B]``.
+    Document model: ``-> p(forget) [B]``. Joint model: ``-> (p [B, S], p [B])``
+    (``window_probabilities``).
 
     Calls from several threads run one at a time: one run already uses every intra-op thread, and
     concurrent runs of a session only multiply its activation memory (16 threads scoring 256-token
@@ -107,10 +121,15 @@ class OnnxWindowScorer:
             # onnxruntime falls back to the CPU with only a log line when the CUDA libraries do not load
             raise TokfilterError(f"device 'cuda' asked for, but ONNX Runtime could not start its CUDA provider for {path} "
                                  "(its CUDA and cuDNN libraries did not load: from the tokfilter checkout pip install '.[gpu]')")
+        self.output_names = [o.name for o in self.session.get_outputs()]
         self._one_run_at_a_time = threading.Lock()
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's raw outputs by name (``logits``, and ``doc_logits`` for a joint model)."""
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
         with self._one_run_at_a_time:
-            (logits,) = self.session.run(None, feeds)
-        return forget_probability(logits)
+            outputs = self.session.run(None, feeds)
+        return dict(zip(self.output_names, outputs))
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> WindowProbs:
+        return window_probabilities(self.run(input_ids, attention_mask))

@@ -36,6 +36,7 @@ from tokfilter.clients.shards.writer import (
 )
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, model_identity
+from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
 ON_ERROR = ("skip", "fail")
@@ -46,7 +47,7 @@ class FilterSettings:
     """Everything that decides the bytes of the shards (checked again on ``--resume``), plus
     ``server``/``max_in_flight``/``threads``, which only decide where and how fast models run."""
 
-    token_model: str = str(paths.TOKEN_MODEL_DIR)
+    token_model: str = str(paths.TOKEN_MODEL_DIR)  # a joint model scores documents too; doc_model is then unused
     doc_model: str = str(paths.DOC_MODEL_DIR)
     target_tokenizer: str = str(paths.TARGET_TOKENIZER)
     threshold: float | None = None  # None: the token model card's threshold
@@ -112,11 +113,19 @@ class FilteredDoc:
 MODEL_KEYS = {"token_model": TOKEN_MODEL, "doc_model": DOC_MODEL}  # manifest key -> served model
 
 
+def local_model_dirs(settings: FilterSettings) -> dict[str, str]:
+    """The export behind each manifest key in process: a joint token model is its own document model."""
+    joint = load_model_card(settings.token_model).joint
+    return {"token_model": settings.token_model, "doc_model": settings.token_model if joint else settings.doc_model}
+
+
 def scoring_models(settings: FilterSettings) -> dict:
     """What scores the corpus, as both engines record it in the manifest and ``--resume`` compares
     it: the token threshold and the identity (``tokfilter.identity``) of the token and document
-    models. With ``--server``, the identity each endpoint publishes for the files it loaded (every
-    endpoint must serve the same models); in process, that of the local exports."""
+    models (the same identity twice for a joint model). With ``--server``, the identity each
+    endpoint publishes for the files it loaded (every endpoint must serve the same models); in
+    process, that of the local exports. A joint model refuses ``--doc-prefilter``: its document
+    score comes out of the full pass, so a cascade would skip nothing."""
     if settings.server:
         urls = settings.server.split(",")
         models = served_models(settings, urls[0])[1]
@@ -124,20 +133,24 @@ def scoring_models(settings: FilterSettings) -> dict:
             check_same_models(models, served_models(settings, url)[1], f"--server: {url} serves another {{key}} than {urls[0]}")
     else:
         precision = settings.precision or "fp32"
-        models = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+        models = {key: model_identity(path, precision) for key, path in local_model_dirs(settings).items()}
+    if settings.doc_prefilter is not None and models["token_model"] == models["doc_model"]:
+        raise TokfilterError(f"--doc-prefilter needs a separate, cheaper document model: {models['token_model']['model_name']} is a "
+                             "joint model, whose document score comes out of the same pass as its token scores, so the cascade "
+                             "would skip nothing; leave --doc-prefilter out")
     threshold = models["token_model"]["threshold"] if settings.threshold is None else settings.threshold
     return {"threshold": threshold, **models}
 
 
 def served_models(settings: FilterSettings, url: str) -> tuple[FilterClient, dict]:
     """A client of ``url`` (its own thread pool closed: callers schedule its scorers) and the
-    identities it publishes for the token and the document model."""
+    identities it publishes for the token and the document model (a joint model's twice)."""
     client = FilterClient(url, settings.token_model, max_in_flight=1, api_key=settings.api_key,
                           retry_deadline_s=settings.retry_deadline_s)
     client.close()
-    if DOC_MODEL not in client.identities:
+    if not client.joint and DOC_MODEL not in client.identities:
         raise TokfilterError(f"server {url} does not serve the document model {DOC_MODEL!r}")
-    models = {key: client.identities[model] for key, model in MODEL_KEYS.items()}
+    models = {key: client.identities[TOKEN_MODEL if client.joint else model] for key, model in MODEL_KEYS.items()}
     for key, identity in models.items():
         if settings.precision not in (None, identity["precision"]) and identity["precision"] is not None:
             raise TokfilterError(f"--precision {settings.precision}: {url} serves {key} at {identity['precision']} "
@@ -180,11 +193,12 @@ class ChunkFilter:
             from tokfilter.inference import OnnxWindowScorer
 
             precision = settings.precision or "fp32"
-            found = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+            dirs = local_model_dirs(settings)
+            found = {key: model_identity(path, precision) for key, path in dirs.items()}
             check_same_models(models, found, "the local {key} differs from the one this run records")
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
-                settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
+                dirs["token_model"], None if dirs["doc_model"] == dirs["token_model"] else dirs["doc_model"], max_batch_tokens=batch_tokens,
                 make_scorer=lambda d: OnnxWindowScorer(d, precision=precision, threads=settings.threads),
             )
         self.threshold = models["threshold"]
