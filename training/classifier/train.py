@@ -45,6 +45,12 @@ IGNORE = -100
 # windows/s for the token task, ~9 for the document task, and ~1.5 minutes of calibration and
 # export each. At 400 + 200 steps the pair took 20.5 minutes with validation F1 0.966 (token) and
 # 0.933 (document): the token task has the margin to give, so 300 + 200 (~17 minutes).
+# Joint: one step is a token step plus a mean pool and a 2-way linear head. Measured interleaved on the
+# same windows (3 layers, 16 x 256, 2 threads, on the shared machine under load 9-12, so slow in
+# absolute terms; train_model on the first 3000 train documents, 2 rounds of 3 steps): token 1.35 / 0.21 windows/s,
+# joint 1.19 / 0.21, i.e. a joint step takes 1.0-1.13x a token step (~9-10 windows/s idle). One
+# model calibrates and exports once (~1.5 minutes, both heads from one pass), leaving ~15.5 of the
+# pair's 17 minutes for training: ~550 steps at 9.4 windows/s; 500 keeps a margin (~15.7 minutes).
 DEFAULT_MAX_STEPS = {"token": 300, "document": 200, "joint": 500}
 
 # Weight of the window loss in the joint task's loss (token CE + DOC_LOSS_WEIGHT x window CE). Both are
