@@ -8,6 +8,10 @@ back per request. Without the regrouping, 32 requests in flight were merged into
 whose attention scores alone take ~0.8 GB per layer: slower per token on a CPU than small batches.
 ``filter_text``: raw texts in, JSON spans out, through the shared scoring pipeline.
 
+A joint model (one encoder, token and document heads; ``tokfilter model-repo --joint`` places it in
+both slots) serves from ``token_classifier`` both ``forget_prob`` and ``doc_forget_prob`` from one
+run per sub-batch, and from ``doc_classifier`` its document head; ``filter_text`` runs it once.
+
 Config parameters: ``precision`` (fp32|int8), ``ort_threads`` (0 = all cores) and
 ``max_batch_tokens`` (padded tokens per ONNX Runtime call; empty: 1024 on a CPU, 32768 on a GPU,
 ``tokfilter.scoring.max_batch_tokens_for``). The environment variable ``TOKFILTER_ORT_THREADS``
@@ -26,7 +30,7 @@ import triton_python_backend_utils as pb_utils
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, identity_from_parameters, model_identity
 from tokfilter.inference import OnnxWindowScorer, served_device
-from tokfilter.modelcard import config_parameters
+from tokfilter.modelcard import config_parameters, load_model_card
 from tokfilter.scoring import ScoringPipeline, max_batch_tokens_for, score_window_requests
 
 
@@ -59,15 +63,20 @@ class TritonPythonModel:
         repo = Path(args["model_repository"]).parent  # model_repository is this model's own folder
         version = args["model_version"]
         if self.name == "filter_text":
+            token_dir = repo / "token_classifier" / version
             self.pipeline = ScoringPipeline.from_model_dirs(
-                repo / "token_classifier" / version, repo / "doc_classifier" / version, make_scorer=make_scorer,
+                token_dir, None if load_model_card(token_dir).joint else repo / "doc_classifier" / version, make_scorer=make_scorer,
                 max_batch_tokens=max_batch_tokens,
             )
         else:
             self.scorer = make_scorer(repo / self.name / version)
             check_loaded_identity(self.name, repo / self.name / version, parameters)
-            self.output = config["output"][0]["name"]
+            self.outputs = [o["name"] for o in config["output"]]
             self.per_token = [int(d) for d in config["output"][0]["dims"]] == [-1]  # [-1]: per position; [1]: per window
+            self.joint = len(self.outputs) == 2  # token_classifier of a joint model: both heads
+            if load_model_card(repo / self.name / version).joint and not self.joint:  # doc_classifier of a joint model
+                joint_scorer = self.scorer
+                self.scorer = lambda ids, mask: joint_scorer(ids, mask)[1]
             self.max_batch_tokens = max_batch_tokens
 
     def execute(self, requests: list) -> list:
@@ -75,8 +84,9 @@ class TritonPythonModel:
             return self._filter_text(requests)
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
-        outputs = score_window_requests(self.scorer, ids, masks, self.per_token, self.max_batch_tokens)
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output, out)]) for out in outputs]
+        outputs = score_window_requests(self.scorer, ids, masks, self.per_token, self.max_batch_tokens, self.joint)
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, out) for name, out in zip(self.outputs, outs)])
+                for outs in (outputs if self.joint else [(out,) for out in outputs])]
 
     def _filter_text(self, requests: list) -> list:
         texts, counts = [], []

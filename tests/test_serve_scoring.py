@@ -300,3 +300,18 @@ def test_regrouped_requests_score_as_each_window_alone(requests, per_token, budg
                 assert out[i, 0] == expected
     for rows, width in calls:
         assert rows * width <= budget or rows == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 30)), min_size=1, max_size=5), st.integers(8, 120), st.randoms(use_true_random=False))
+def test_regrouped_joint_requests_equal_each_head_alone(requests, budget, rnd):
+    """A joint scorer's two outputs per request equal what its token and document parts give alone."""
+    ids = [np.array([[rnd.randrange(1, 1000) for _ in range(w)] for _ in range(n)], dtype=np.int64) for n, w in requests]
+    masks = [np.tril(np.ones_like(a))[: a.shape[0]] if a.shape[0] <= a.shape[1] else np.ones_like(a) for a in ids]
+    token, _ = row_local_scorer(True)
+    doc, _ = row_local_scorer(False)
+    joint = score_window_requests(lambda i, m: (token(i, m), doc(i, m)), ids, masks, True, budget, joint=True)
+    alone = zip(score_window_requests(token, ids, masks, True, budget), score_window_requests(doc, ids, masks, False, budget))
+    for (jt, jd), (t, d) in zip(joint, alone):
+        np.testing.assert_array_equal(jt, t)
+        np.testing.assert_array_equal(jd, d)
