@@ -93,8 +93,7 @@ def configurations(args: argparse.Namespace) -> dict[str, tuple[FilterSettings, 
 
 
 def pipeline_of(settings: FilterSettings, threads: int | None) -> ScoringPipeline:
-    joint = load_model_card(settings.token_model).joint
-    return ScoringPipeline.from_model_dirs(settings.token_model, None if joint else settings.doc_model,
+    return ScoringPipeline.from_model_dirs(settings.token_model, settings.doc_model,
                                            make_scorer=lambda d: OnnxWindowScorer(d, precision=settings.precision, threads=threads))
 
 

@@ -63,9 +63,8 @@ class TritonPythonModel:
         repo = Path(args["model_repository"]).parent  # model_repository is this model's own folder
         version = args["model_version"]
         if self.name == "filter_text":
-            token_dir = repo / "token_classifier" / version
             self.pipeline = ScoringPipeline.from_model_dirs(
-                token_dir, None if load_model_card(token_dir).joint else repo / "doc_classifier" / version, make_scorer=make_scorer,
+                repo / "token_classifier" / version, repo / "doc_classifier" / version, make_scorer=make_scorer,
                 max_batch_tokens=max_batch_tokens,
             )
         else:

@@ -127,8 +127,10 @@ def test_joint_model_scores_as_the_two_models_it_combines(tokenizer, texts, max_
 
 
 def test_joint_model_takes_no_separate_document_model(tiny_joint_model_dir, tiny_models_dir, tokenizer):
-    with pytest.raises(TokfilterError, match="joint model"):
-        ScoringPipeline.from_model_dirs(tiny_joint_model_dir, tiny_models_dir / "doc_classifier")
+    """From directories, a joint token model scores documents with its own head (the document
+    model directory is unused); given both models in code, the pipeline refuses the conflict."""
+    pipeline = ScoringPipeline.from_model_dirs(tiny_joint_model_dir, tiny_models_dir / "doc_classifier")
+    assert pipeline.token_model.joint and pipeline.doc_model is None
     with pytest.raises(TokfilterError, match="joint model"):
         ScoringPipeline(tokenizer, ScoredModel(joint_scorer, 32, 8, joint=True), 0.5,
                         doc_model=ScoredModel(first_token_doc_scorer, 32, 8))

@@ -236,7 +236,7 @@ class ScoringPipeline:
     ) -> "ScoringPipeline":
         """Pipeline over exported model directories; ``make_scorer(model_dir)`` builds each model's
         scorer (default: in-process ONNX Runtime, fp32). A joint ``token_dir`` scores documents
-        too, and takes no ``doc_dir``."""
+        with its own document head: ``doc_dir`` is then unused."""
         if make_scorer is None:
             from tokfilter.inference import OnnxWindowScorer
 
@@ -245,9 +245,7 @@ class ScoringPipeline:
         token_card = load_model_card(token_dir)
         tokenizer = load_tokenizer(token_dir / "tokenizer.json")
         doc_model = None
-        if doc_dir is not None and token_card.joint:
-            raise TokfilterError(f"{token_dir} is a joint model (token and document heads): give no document model with it, got {doc_dir}")
-        if doc_dir is not None:
+        if doc_dir is not None and not token_card.joint:
             doc_dir = Path(doc_dir)
             check_same_tokenizer(token_dir, doc_dir)
             doc_model = ScoredModel.from_card(make_scorer(doc_dir), load_model_card(doc_dir))

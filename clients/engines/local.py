@@ -193,12 +193,11 @@ class ChunkFilter:
             from tokfilter.inference import OnnxWindowScorer
 
             precision = settings.precision or "fp32"
-            dirs = local_model_dirs(settings)
-            found = {key: model_identity(path, precision) for key, path in dirs.items()}
+            found = {key: model_identity(path, precision) for key, path in local_model_dirs(settings).items()}
             check_same_models(models, found, "the local {key} differs from the one this run records")
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
-                dirs["token_model"], None if dirs["doc_model"] == dirs["token_model"] else dirs["doc_model"], max_batch_tokens=batch_tokens,
+                settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
                 make_scorer=lambda d: OnnxWindowScorer(d, precision=precision, threads=settings.threads),
             )
         self.threshold = models["threshold"]
