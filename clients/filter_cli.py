@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: start a local instance)")
     parser.add_argument("--ray-actors", type=int, default=1, help="filter actors for --engine ray (default: %(default)s)")
     parser.add_argument("--target-tokenizer", default=DEFAULTS.target_tokenizer, help="tokenizer.json or .tiktoken of the pretraining")
-    parser.add_argument("--token-model", default=DEFAULTS.token_model)
+    parser.add_argument("--token-model", default=DEFAULTS.token_model,
+                        help="token model export; a joint one (train-classifier --task joint) gives the document score in the "
+                             "same pass: --doc-model is then unused and --doc-prefilter refused")
     parser.add_argument("--doc-model", default=DEFAULTS.doc_model)
     parser.add_argument("--threshold", type=float, help="token threshold for the flagged counts (default: the model card's)")
     parser.add_argument("--doc-prefilter", type=float, metavar="LOW", help="documents with document score < LOW skip the token model")

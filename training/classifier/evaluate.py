@@ -48,17 +48,15 @@ def score_model(model_dir: Path, docs: list[dict], precision: str, head: str) ->
 
 def evaluate(corpus_dir: Path, token_dir: Path, doc_dir: Path | None, split: str = "test", precision: str = "fp32",
              out_dir: Path | None = None, max_docs: int | None = None) -> dict:
-    """Metrics of both models (or both heads of a joint ``token_dir``, when ``doc_dir`` is None) on
-    ``split``; writes the precision-recall curve PNG to ``out_dir``."""
+    """Metrics of both models on ``split`` (``doc_dir`` None: the document head of a joint
+    ``token_dir``, else the default document model); writes the precision-recall curve PNG to ``out_dir``."""
     from sklearn.metrics import roc_auc_score
 
     if max_docs is not None and max_docs < 1:
         raise TokfilterError(f"--max-docs must be >= 1, got {max_docs}")
     docs = sample_docs(load_split(corpus_dir, split), max_docs)
     if doc_dir is None:
-        doc_dir = token_dir
-        if not load_model_card(token_dir).joint:
-            raise TokfilterError(f"--doc-model is needed: {token_dir} is not a joint model (it has no document head)")
+        doc_dir = token_dir if load_model_card(token_dir).joint else paths.DOC_MODEL_DIR
     tok_labels, tok_scores, tok_threshold, _ = score_model(Path(token_dir), docs, precision, "token")
     doc_labels, doc_scores, doc_threshold, doc_threshold_recall95 = score_model(Path(doc_dir), docs, precision, "document")
     natural = binary_metrics(tok_labels, tok_scores, tok_threshold)
@@ -139,10 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    doc_model = args.doc_model
-    if doc_model is None and not load_model_card(args.token_model).joint:
-        doc_model = paths.DOC_MODEL_DIR
-    result = evaluate(args.corpus, args.token_model, doc_model, args.split, args.precision, args.out, args.max_docs)
+    result = evaluate(args.corpus, args.token_model, args.doc_model, args.split, args.precision, args.out, args.max_docs)
     if args.json:
         print(json.dumps(result))
     else:
