@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 
 from tokfilter.sentences import sentence_spans, split_sentences
 from tokfilter.training.corpus.build import _Paragraph, _render
-from tokfilter.training.corpus.interleave import MAX_INSERTIONS, interleaved_documents, sentence_units
+from tokfilter.training.corpus.interleave import (
+    MAX_INSERTIONS,
+    insert_sentences,
+    interleaved_documents,
+    labelled_sentences,
+    sentence_units,
+)
 from tokfilter.training.corpus.sources import SourceItem
-from tokfilter.training.corpus.weak_labels import Lexicon, label_document
+from tokfilter.training.corpus.weak_labels import Lexicon, label_document, spans_are_valid
 
 NO_LEXICON = Lexicon(frozenset(), frozenset(), frozenset())
 WORDS = st.text(alphabet="abcdefghij", min_size=1, max_size=8)
@@ -84,3 +90,54 @@ def test_sentence_spans_cover_every_non_space_character_once(text):
 def test_sentence_splitter_keeps_abbreviations_and_initials():
     assert split_sentences("Dr. Smith met J. Doe, e.g. in the U.S. Army. He left.\n\nNew paragraph") == [
         "Dr. Smith met J. Doe, e.g. in the U.S. Army.", "He left.", "New paragraph"]
+
+
+def labelled_doc(sentences: list[tuple[str, bool]], gap: str) -> tuple[str, dict]:
+    """A labelled document of ``sentences`` (text, forget?) joined by ``gap``: forget sentences
+    labelled whole (merged across gaps, as merge_spans does), others carry a one-word label."""
+    text, passages, spans = "", [], []
+    for k, (s, forget) in enumerate(sentences):
+        if k:
+            text += gap
+        passages.append({"start": len(text), "end": len(text) + len(s), "domain": "medicine" if forget else "other"})
+        spans.append([len(text), len(text) + (len(s) if forget else 1)])
+        text += s
+    merged: list[list[int]] = []
+    for s, e in spans:
+        if merged and not text[merged[-1][1]:s].strip():
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    return text, {"passages": passages, "label_spans": merged}
+
+
+def labelled_chars(text: str, spans) -> str:
+    marks = [" "] * len(text)
+    for s, e in spans:
+        for i in range(s, e):
+            marks[i] = "x"
+    return "".join(marks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(host=st.lists(st.tuples(sentence, st.booleans()), min_size=1, max_size=5),
+       inserts=st.lists(st.tuples(sentence, st.booleans()), min_size=1, max_size=MAX_INSERTIONS),
+       gap=st.sampled_from([" ", "\n\n", "  "]), seed=st.integers(0, 1000))
+def test_inserted_sentences_keep_their_labels_and_the_host_keeps_its_own(host, inserts, gap, seed):
+    inserts = [("Zz " + s, forget) for s, forget in inserts]  # told apart from host sentences
+    text, meta = labelled_doc(host, gap)
+    units = [labelled_sentences(*labelled_doc([unit], " "))[0] for unit in inserts]
+    out, out_meta = insert_sentences(text, meta, units, random.Random(seed))
+    assert spans_are_valid(out_meta["label_spans"], len(out))
+    passages = sorted(out_meta["passages"], key=lambda p: p["start"])
+    in_order = [out[p["start"]:p["end"]] for p in passages]
+    # every sentence is a passage; the host's stay in order, the inserted go between them
+    assert sorted(in_order) == sorted([s for s, _ in host] + [s for s, _ in inserts])
+    assert [s for s in in_order if not s.startswith("Zz")] == [s for s, _ in host]
+    assert sorted(out.split()) == sorted(text.split() + [w for s, _ in inserts for w in s.split()])  # nothing lost
+    # each passage's characters carry exactly the labels its sentence had before
+    marks = labelled_chars(out, out_meta["label_spans"])
+    for p in passages:
+        sentence_text = out[p["start"]:p["end"]]
+        expected = "x" * len(sentence_text) if p["domain"] == "medicine" else "x" + " " * (len(sentence_text) - 1)
+        assert marks[p["start"]:p["end"]] == expected

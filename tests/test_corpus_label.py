@@ -151,3 +151,56 @@ def test_forget_sentences_give_the_document_label(tmp_path, lexicon):
     out = tmp_path / "law"
     label_corpus([str(write_jsonl(tmp_path / "in.jsonl", DOCS))], out, LabelSettings(domain="law", lexicons=(lexicon,), validation_fraction=0.0))
     assert {d["id"]: document_label(d) for d in by_id(out).values()} == {"d0": 0, "d1": 0, "d2": 0, "d3": 1}
+
+
+def test_interleave_inserts_labelled_sentences_of_one_side_into_documents_of_the_other(tmp_path, lexicon):
+    out = tmp_path / "law"
+    docs = DOCS + ["The judge read the statute to the jury. The court rose.", "Leaves fall in autumn. The sun set early."]
+    manifest = label_corpus([str(write_jsonl(tmp_path / "in.jsonl", docs))], out,
+                            LabelSettings(domain="law", lexicons=(lexicon,), whole_sentences=True, interleave=3.0,
+                                          validation_fraction=0.0))
+    assert manifest["splits"]["train"]["interleaved_docs"] == 18 and manifest["interleave"] == 3.0
+    originals = by_id(tmp_path / "law")
+    labelled = {d["text"][p["start"]:p["end"]] for d in originals.values() if "+" not in d["id"]
+                for p in d["meta"]["passages"] if p["domain"] == "law"}
+    interleaved = [d for i, d in originals.items() if "+interleaved" in i]
+    assert len(interleaved) == 18 and labelled
+    for doc in interleaved:
+        text, meta = doc["text"], doc["meta"]
+        assert spans_are_valid(meta["label_spans"], len(text))
+        host = originals[doc["id"].split("+")[0]]
+        host_is_law = all(p["domain"] == "law" for p in host["meta"]["passages"])
+        added = len(meta["passages"]) - len(host["meta"]["passages"])
+        assert 1 <= added <= 3
+        law = [text[p["start"]:p["end"]] for p in meta["passages"] if p["domain"] == "law"]
+        host_law = [host["text"][p["start"]:p["end"]] for p in host["meta"]["passages"] if p["domain"] == "law"]
+        assert len(law) == len(host_law) + (0 if host_is_law else added)  # law sentences go into hosts that are not all law
+        assert set(law) <= labelled
+        flags = np.zeros(len(text), bool)
+        for s, e in meta["label_spans"]:
+            flags[s:e] = True
+        for p in meta["passages"]:
+            if p["domain"] == "law":
+                assert flags[p["start"]:p["end"]].all()  # whole-sentence labels travel with the sentence
+    assert load_split(out, "train")
+
+
+def test_a_labelled_corpus_mixes_into_training_n_times(tmp_path, lexicon, tiny_corpus_dir):
+    import argparse
+
+    from tokfilter.training.classifier.train import add_arguments, corpora_digest, load_corpora
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    out = tmp_path / "law"
+    label_corpus([str(write_jsonl(tmp_path / "in.jsonl", DOCS))], out, LabelSettings(domain="law", lexicons=(lexicon,)))
+    args = parser.parse_args(["--task", "token", "--corpus", str(tiny_corpus_dir), "--corpus", f"{out}:3"])
+    assert args.corpus == [(tiny_corpus_dir, 1), (out, 3)]
+    base, labelled = load_split(tiny_corpus_dir, "train"), load_split(out, "train")
+    assert load_corpora(args.corpus, "train") == base + labelled * 3
+    assert load_corpora(args.corpus, "validation") == load_split(tiny_corpus_dir, "validation") + load_split(out, "validation", allow_empty=True)
+    digests = {corpora_digest(c) for c in ([(tiny_corpus_dir, 1)], [(tiny_corpus_dir, 1), (out, 3)], [(tiny_corpus_dir, 1), (out, 2)])}
+    assert len(digests) == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--task", "token", "--corpus", f"{out}:0"])

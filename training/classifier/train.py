@@ -19,13 +19,14 @@ document scores from one pass.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -91,8 +92,9 @@ def encoder_path() -> Path:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
-    """All documents of ``{corpus_dir}/{split}.jsonl``; a missing, empty or malformed file is a user error."""
+def load_split(corpus_dir: Path | str, split: str, allow_empty: bool = False) -> list[dict]:
+    """All documents of ``{corpus_dir}/{split}.jsonl``; a missing, empty (unless ``allow_empty``) or
+    malformed file is a user error."""
     from tokfilter.training.corpus.build import read_corpus
 
     path = Path(corpus_dir) / f"{split}.jsonl"
@@ -100,9 +102,45 @@ def load_split(corpus_dir: Path | str, split: str) -> list[dict]:
     for line_no, doc in enumerate(docs, 1):
         if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not isinstance(doc.get("meta"), dict):
             raise TokfilterError(f"{path}: document {line_no}: a corpus document needs a string 'text' and an object 'meta'")
-    if not docs:
+    if not docs and not allow_empty:
         raise TokfilterError(f"corpus file {path} is empty: need at least 1 document")
     return docs
+
+
+CorpusSource = tuple[Path, int]  # a corpus dir and how many times its train documents are read
+
+
+def parse_corpus_source(value: str | Path) -> CorpusSource:
+    """``DIR`` or ``DIR:N``: a corpus dir whose train documents are read N times (default 1), so a
+    small corpus (say, your own text labelled by ``tokfilter label``) can be mixed into a large one."""
+    text = str(value)
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit():
+        repeat = int(tail)
+        if repeat < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: the repeat count after ':' must be >= 1")
+        return Path(head), repeat
+    return Path(text), 1
+
+
+def load_corpora(corpora: Sequence[CorpusSource], split: str) -> list[dict]:
+    """The ``split`` documents of every corpus (one of several may have none); train documents
+    repeated as each source asks."""
+    docs: list[dict] = []
+    for corpus_dir, repeat in corpora:
+        docs += load_split(corpus_dir, split, allow_empty=len(corpora) > 1) * (repeat if split == "train" else 1)
+    if not docs:
+        raise TokfilterError(f"no {split} documents in {', '.join(str(d) for d, _ in corpora)}: need at least 1")
+    return docs
+
+
+def corpora_digest(corpora: Sequence[CorpusSource]) -> str:
+    """The data digest of a model card: one corpus read once keeps its train.jsonl's own digest."""
+    digests = [file_sha256(Path(corpus_dir) / "train.jsonl") for corpus_dir, _ in corpora]
+    if len(corpora) == 1 and corpora[0][1] == 1:
+        return "sha256:" + digests[0]
+    mix = "\n".join(f"{digest} x{repeat}" for digest, (_, repeat) in zip(digests, corpora))
+    return "sha256:" + hashlib.sha256(mix.encode()).hexdigest()
 
 
 def sample_docs(docs: list[dict], max_docs: int | None, seed: int = 0) -> list[dict]:
@@ -411,7 +449,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--task", choices=TASKS, required=True,
                         help="token or document classifier, or joint: one encoder with both heads (one pass scores both)")
-    parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR, help="corpus dir with train/validation jsonl")
+    parser.add_argument("--corpus", action="append", type=parse_corpus_source, default=None, metavar="DIR[:N]",
+                        help="corpus dir with train/validation jsonl (default artifacts/corpus); repeatable, ':N' reads "
+                             "its train documents N times")
     parser.add_argument("--out", type=Path, default=None, help="model dir (default artifacts/models/<task>_classifier)")
     parser.add_argument("--layers", type=int, default=d.layers, help="encoder layers kept (1-6)")
     parser.add_argument("--max-steps", type=int, default=None, help=f"optimizer steps (default per task: {DEFAULT_MAX_STEPS})")
@@ -448,14 +488,17 @@ def validate_config(config: TrainConfig) -> None:
         raise TokfilterError(f"--lr must be > 0, got {config.lr}")
 
 
-def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threads: int | None = None, log=sys.stderr) -> dict:
-    """Train, calibrate on validation, export ONNX fp32 + int8 and write the model card; returns the card."""
+def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource], out_dir: Path, threads: int | None = None,
+                     log=sys.stderr) -> dict:
+    """Train, calibrate on validation, export ONNX fp32 + int8 and write the model card; returns the card.
+    ``corpus``: a corpus dir, or several as (dir, times its train documents are read)."""
     from tokfilter.training.classifier.export import export_classifier
     from tokfilter.windows import load_tokenizer
 
     validate_config(config)
-    train_docs = load_split(corpus_dir, "train")
-    val_docs = sample_docs(load_split(corpus_dir, "validation"), config.calibration_docs, config.seed)
+    corpora = [(Path(corpus), 1)] if isinstance(corpus, (str, Path)) else [(Path(d), n) for d, n in corpus]
+    train_docs = load_corpora(corpora, "train")
+    val_docs = sample_docs(load_corpora(corpora, "validation"), config.calibration_docs, config.seed)
     if threads:
         torch.set_num_threads(threads)
     tokenizer_path = encoder_path() / "tokenizer.json"
@@ -471,7 +514,7 @@ def train_classifier(config: TrainConfig, corpus_dir: Path, out_dir: Path, threa
         tokenizer_path,
         out_dir,
         val_docs=val_docs,
-        data_digest="sha256:" + file_sha256(Path(corpus_dir) / "train.jsonl"),  # names its algorithm
+        data_digest=corpora_digest(corpora),  # names its algorithm
         train_stats=stats,
         log=log,
     )
@@ -490,7 +533,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     out = args.out or {"token": paths.TOKEN_MODEL_DIR, "document": paths.DOC_MODEL_DIR, "joint": paths.JOINT_MODEL_DIR}[args.task]
-    card = train_classifier(config, args.corpus, out, threads=args.threads)
+    card = train_classifier(config, args.corpus or [(paths.CORPUS_DIR, 1)], out, threads=args.threads)
     print(json.dumps({"model_dir": str(out), "threshold": card["threshold"], "threshold_recall95": card["threshold_recall95"],
                       "doc_threshold": card["doc_threshold"], "doc_threshold_recall95": card["doc_threshold_recall95"],
                       "metrics": card["metrics"]}, indent=2))

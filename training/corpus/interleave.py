@@ -7,6 +7,9 @@ benign paragraph (issue 12). Here a host document of one domain (general, biolog
 medical ones) at random sentence positions, so neighbours do not predict a sentence's label: only
 the sentence itself does. Sentence units are the corpus items (a definition renders as one
 sentence) and the sentences of prose items (news, fortunes), drawn from one split only.
+
+``tokfilter label --interleave`` does the same for a corpus a user brings, from its weak labels alone:
+labelled sentences of one side are inserted into whole documents of the other (``insert_sentences``).
 """
 
 from __future__ import annotations
@@ -66,3 +69,54 @@ def interleaved_documents(items: Sequence[SourceItem], n_docs: int, rng: random.
         paragraphs = [sentences[a:b] for a, b in zip([0] + cuts, cuts + [len(sentences)])]
         documents.append((MIXED if n_inserted else host, paragraphs))
     return documents
+
+
+def insert_sentences(text: str, meta: dict, inserts: Sequence[tuple[str, dict]], rng: random.Random) -> tuple[str, dict]:
+    """``text`` (a labelled document: ``meta`` has ``passages`` and ``label_spans``) with each insert, a
+    labelled sentence (its text and its passage, whose ``spans`` are relative to it), placed before a
+    random one of its sentences or at its end; passages and spans move with the text."""
+    passages = sorted(meta["passages"], key=lambda p: p["start"])
+    cuts = sorted(rng.choice([p["start"] for p in passages] + [len(text)]) for _ in inserts)
+    pieces, new_passages, new_spans = [], [], []
+    pos = shift = 0
+    host_passages = iter(passages + [None])
+    host_spans = iter([*map(tuple, meta["label_spans"]), None])
+    passage, span = next(host_passages), next(host_spans)
+    for cut, (sentence, inserted) in zip(cuts, inserts):
+        while passage is not None and passage["start"] < cut:
+            new_passages.append({**passage, "start": passage["start"] + shift, "end": passage["end"] + shift})
+            passage = next(host_passages)
+        while span is not None and span[0] < cut:
+            if span[1] > cut:  # a span over several sentences (merged across a space) is cut in two
+                new_spans.append((span[0] + shift, cut + shift))
+                span = (cut, span[1])
+            else:
+                new_spans.append((span[0] + shift, span[1] + shift))
+                span = next(host_spans)
+        pieces.append(text[pos:cut])
+        pos = cut
+        joined = sentence + " " if cut < len(text) else " " + sentence
+        at = cut + shift + (0 if cut < len(text) else 1)
+        new_passages.append({"start": at, "end": at + len(sentence), "domain": inserted["domain"]})
+        new_spans += [(at + s, at + e) for s, e in inserted["spans"]]
+        pieces.append(joined)
+        shift += len(joined)
+    while passage is not None:
+        new_passages.append({**passage, "start": passage["start"] + shift, "end": passage["end"] + shift})
+        passage = next(host_passages)
+    while span is not None:
+        new_spans.append((span[0] + shift, span[1] + shift))
+        span = next(host_spans)
+    pieces.append(text[pos:])
+    out = "".join(pieces)
+    return out, {**meta, "passages": new_passages, "label_spans": [list(s) for s in sorted(new_spans)]}
+
+
+def labelled_sentences(text: str, meta: dict) -> list[tuple[str, dict]]:
+    """Each sentence passage of a labelled document as (text, passage with ``spans`` relative to it)."""
+    units = []
+    for p in meta["passages"]:
+        spans = [(max(s, p["start"]) - p["start"], min(e, p["end"]) - p["start"])
+                 for s, e in meta["label_spans"] if s < p["end"] and e > p["start"]]
+        units.append((text[p["start"]:p["end"]], {"domain": p["domain"], "spans": spans}))
+    return units

@@ -12,6 +12,12 @@ A document's passages are its sentences (``tokfilter.sentences``); a sentence is
 (``--domain``) when at least half of its characters are labelled, which gives the document classifier
 its labels; ``--whole-sentences`` labels such a sentence whole, as build-corpus labels a medicine passage.
 Documents go to train or validation by a seeded hash of their input position. Format: docs/corpus.md.
+
+``--interleave X`` adds X interleaved documents per labelled one, in each split from that split's
+documents only: a document with 1..MAX_INSERTIONS labelled sentences of the other side (forget-domain
+sentences into a document without any, other sentences into a forget-domain one) inserted at random
+sentence boundaries, so that a classifier learns to find a forget sentence by itself, not by its
+neighbours (issue 12: real medical sentences inside real benign pages).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -33,11 +40,13 @@ from tokfilter.errors import TokfilterError
 from tokfilter.scoring import ScoringPipeline
 from tokfilter.sentences import sentence_spans
 from tokfilter.training.corpus.domains import FORGET
+from tokfilter.training.corpus.interleave import MAX_INSERTIONS, insert_sentences, labelled_sentences
 from tokfilter.training.corpus.weak_labels import MAX_TERM_WORDS, Lexicon, merge_spans, words_of
 from tokfilter.windows import load_tokenizer
 
 FORGET_SENTENCE_SHARE = 0.5  # a sentence at least this much labelled is a forget-domain passage
 LABEL_BATCH_DOCS = 64  # documents scored by the teacher per call (progress granularity)
+INTERLEAVE_POOL_DOCS = 50_000  # labelled documents per split kept (a seeded reservoir) to interleave from
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class LabelSettings:
     teacher: Path | None = None
     teacher_threshold: float | None = None
     whole_sentences: bool = False
+    interleave: float = 0.0
     validation_fraction: float = 0.1
     seed: int = 0
     text_field: str = "text"
@@ -174,7 +184,11 @@ def label_corpus(inputs: Sequence[str], out_dir: Path, settings: LabelSettings, 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TokfilterError(f"--out {str(out)!r} cannot be created: {err.strerror}") from err
-    counts = {split: {"docs": 0, "chars": 0, "labelled_chars": 0, "forget_docs": 0} for split in ("train", "validation")}
+    if not 0.0 <= settings.interleave <= 100.0:
+        raise TokfilterError(f"--interleave must be in [0, 100] documents per labelled document, got {settings.interleave}")
+    counts = {split: {"docs": 0, "chars": 0, "labelled_chars": 0, "forget_docs": 0, "interleaved_docs": 0}
+              for split in ("train", "validation")}
+    pools = {split: DocumentReservoir(INTERLEAVE_POOL_DOCS, settings.seed) for split in counts}
     started = last = time.monotonic()
     files = {split: open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") for split in counts}
     try:
@@ -187,18 +201,20 @@ def label_corpus(inputs: Sequence[str], out_dir: Path, settings: LabelSettings, 
             for (doc_id, text), meta in zip(batch, label_texts([t for _, t in batch], lexicon, teacher, settings)):
                 split = split_of(position, settings)
                 position += 1
-                record = {"id": doc_id, "text": text, "meta": {"split": split, **meta}}
-                files[split].write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-                c = counts[split]
-                c["docs"] += 1
-                c["chars"] += len(text)
-                c["labelled_chars"] += sum(e - s for s, e in meta["label_spans"])
-                c["forget_docs"] += any(p["domain"] == settings.domain for p in meta["passages"])
+                write_labelled(files[split], counts[split], doc_id, text, {"split": split, **meta}, settings.domain)
+                if settings.interleave:
+                    pools[split].add((doc_id, text, meta))
             now = time.monotonic()
             if now - last > 10:
                 last = now
                 chars = sum(c["chars"] for c in counts.values())
                 print(f"[label] {position:,} documents, {chars / (now - started) / 1e3:,.0f}k chars/s", file=log, flush=True)
+        if position and settings.interleave:
+            for split, pool in pools.items():
+                n_docs = round(settings.interleave * counts[split]["docs"])
+                for doc_id, text, meta in interleaved_documents(pool.items, n_docs, settings.domain, random.Random(f"{settings.seed}:{split}")):
+                    write_labelled(files[split], counts[split], doc_id, text, {"split": split, **meta}, settings.domain)
+                    counts[split]["interleaved_docs"] += 1
     finally:
         for fh in files.values():
             fh.close()
@@ -208,11 +224,57 @@ def label_corpus(inputs: Sequence[str], out_dir: Path, settings: LabelSettings, 
         "domain": settings.domain, "lexicons": [str(p) for p in settings.lexicons] or ["medical lexicon of build-corpus"],
         "lexicon_terms": len(lexicon.terms), "teacher": str(settings.teacher) if teacher else None,
         "teacher_threshold": teacher.threshold if teacher else None, "whole_sentences": settings.whole_sentences,
+        "interleave": settings.interleave,
         "validation_fraction": settings.validation_fraction, "seed": settings.seed, "inputs": list(inputs),
         "splits": {split: {**c, "labelled_share": round(c["labelled_chars"] / max(1, c["chars"]), 4)} for split, c in counts.items()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def write_labelled(fh, counts: dict, doc_id: str, text: str, meta: dict, domain: str) -> None:
+    """One labelled document as a corpus line, counted in its split's statistics."""
+    fh.write(json.dumps({"id": doc_id, "text": text, "meta": meta}, ensure_ascii=False, separators=(",", ":")) + "\n")
+    counts["docs"] += 1
+    counts["chars"] += len(text)
+    counts["labelled_chars"] += sum(e - s for s, e in meta["label_spans"])
+    counts["forget_docs"] += any(p["domain"] == domain for p in meta["passages"])
+
+
+class DocumentReservoir:
+    """A seeded uniform sample of at most ``size`` of the items added (reservoir sampling): a bounded
+    pool to interleave from, however large the corpus."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seen, self.items = size, 0, []
+        self.rng = random.Random(f"reservoir:{seed}")
+
+    def add(self, item) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        elif (k := self.rng.randrange(self.seen)) < self.size:
+            self.items[k] = item
+
+
+def interleaved_documents(documents: Sequence[tuple[str, str, dict]], n_docs: int, domain: str,
+                          rng: random.Random) -> Iterator[tuple[str, str, dict]]:
+    """``n_docs`` documents (id, text, meta) made from labelled ``documents``: a host with 1..MAX_INSERTIONS
+    sentences of the other side inserted; nothing when one side has no sentence."""
+    units: dict[bool, list] = {True: [], False: []}
+    for _, text, meta in documents:
+        for unit in labelled_sentences(text, meta):
+            if unit[0].strip():
+                units[unit[1]["domain"] == domain].append(unit)
+    if not units[True] or not units[False]:
+        return
+    for k in range(n_docs):
+        host_id, text, meta = rng.choice(documents)
+        domains = {p["domain"] == domain for p in meta["passages"]}
+        insert_forget = domains != {True}  # a wholly forget document gets other sentences, any other forget ones
+        inserts = [rng.choice(units[insert_forget]) for _ in range(rng.randint(1, MAX_INSERTIONS))]
+        out_text, out_meta = insert_sentences(text, meta, inserts, rng)
+        yield f"{host_id}+interleaved{k}", out_text, out_meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,6 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", type=Path, help="exported token classifier dir whose confident tokens become labels too")
     parser.add_argument("--teacher-threshold", type=float, help="teacher tokens at or above this are labels (default: its card threshold)")
     parser.add_argument("--whole-sentences", action="store_true", help="label a sentence whole when at least half of it is labelled")
+    parser.add_argument("--interleave", type=float, default=0.0, metavar="X",
+                        help="also write X interleaved documents per labelled one: labelled sentences of one side "
+                             "inserted into documents of the other (default 0)")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of documents in validation.jsonl (default 0.1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-field", default="text")
@@ -232,13 +297,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = LabelSettings(domain=args.domain, lexicons=tuple(args.lexicon), teacher=args.teacher,
-                             teacher_threshold=args.teacher_threshold, whole_sentences=args.whole_sentences,
+                             teacher_threshold=args.teacher_threshold, whole_sentences=args.whole_sentences, interleave=args.interleave,
                              validation_fraction=args.validation_fraction, seed=args.seed, text_field=args.text_field,
                              id_field=args.id_field)
     started = time.monotonic()
     manifest = label_corpus(args.inputs, args.out, settings)
     for split, s in manifest["splits"].items():
-        print(f"  {split}: {s['docs']:,} documents, {s['labelled_share']:.2%} of characters labelled {settings.domain}, "
+        print(f"  {split}: {s['docs']:,} documents ({s['interleaved_docs']:,} interleaved), {s['labelled_share']:.2%} of characters labelled {settings.domain}, "
               f"{s['forget_docs']:,} with a {settings.domain} sentence")
     print(f"corpus {args.out} labelled in {time.monotonic() - started:.0f}s; train with "
           f"`tokfilter train-classifier --task token --corpus {args.out}`")
