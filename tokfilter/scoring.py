@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,18 @@ from tokfilter.windows import (
     Window,
     WindowSequences,
     char_probabilities,
+    char_probabilities_batch,
     load_tokenizer,
     pad_batch,
+    reference_pad_batch,
+    reference_spans_from_char_probs,
+    segment_starts,
+    spans_batch,
     special_tokens,
-    spans_from_char_probs,
+    split_segments,
     stitch_window_scores,
+    stitch_windows,
+    window_batch,
 )
 
 WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -117,6 +125,24 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     Items are taken longest first, so each batch holds similar lengths and pads little. An item
     longer than the budget gets a batch of its own.
     """
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    width = count = 0
+    for i, length in zip(order.tolist(), lengths[order].tolist()):
+        if batches and count < max_batch_size and (count + 1) * width <= max_batch_tokens:
+            batches[-1].append(i)
+            count += 1
+        else:
+            batches.append([i])
+            width, count = length, 1
+    return batches
+
+
+def reference_plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """``plan_batches`` with a Python sort and lookups per item."""
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -231,35 +257,31 @@ class ScoringPipeline:
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Content tokens and code-point offsets of each text, without truncation."""
-        encodings = self.tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
-        return [
-            EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
-            for e in encodings
-        ]
+        return encode_texts(self.tokenizer, texts)
 
     def score(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
         """Scores of each text: token probabilities, character probabilities, spans, document score."""
         threshold = self.threshold if threshold is None else threshold
         encoded = self.encode(texts)
-        token_scores = self._score_windows(self.token_model, encoded, per_token=True)
+        token_probs = self._score_windows(self.token_model, encoded, per_token=True)
         doc_scores = self._score_windows(self.doc_model, encoded, per_token=False) if self.doc_model else None
-        results = []
-        for i, (text, enc) in enumerate(zip(texts, encoded)):
-            windows, window_probs = token_scores[i]
-            probs = stitch_window_scores(len(enc.ids), windows, window_probs)
-            chars = char_probabilities(enc.offsets, probs, len(text))
-            doc_score = float(max(doc_scores[i][1])) if doc_scores else None
-            results.append(
-                DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars, spans_from_char_probs(chars, threshold), threshold)
-            )
-        return results
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        char_counts = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        offsets = np.concatenate([e.offsets for e in encoded]) if encoded else np.zeros((0, 2), np.int64)
+        chars = char_probabilities_batch(offsets, token_probs, token_counts, char_counts)
+        spans = spans_batch(chars, char_counts, threshold)
+        doc_probs, doc_chars = split_segments(token_probs, token_counts), split_segments(chars, char_counts)
+        return [
+            DocumentScores(None if doc_scores is None else float(doc_scores[i]), enc.ids, enc.offsets, doc_probs[i],
+                           doc_chars[i], spans[i], threshold)
+            for i, enc in enumerate(encoded)
+        ]
 
     def score_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Document scores only (the cheap first pass), float32 [len(texts)]."""
         if self.doc_model is None:
             raise TokfilterError("this pipeline has no document model")
-        scored = self._score_windows(self.doc_model, self.encode(texts), per_token=False)
-        return np.asarray([max(probs) for _, probs in scored], dtype=np.float32)
+        return self._score_windows(self.doc_model, self.encode(texts), per_token=False)
 
     def windows_of(self, model: ScoredModel) -> WindowSequences:
         """How ``model``'s inputs are cut from a document: its windowing and this tokenizer's special tokens."""
@@ -274,31 +296,100 @@ class ScoringPipeline:
         items = [(d, w) for d, plan in enumerate(plans) for w in plan]
         return plans, items, [windows.sequence(encoded[d].ids, w) for d, w in items]
 
-    def _score_windows(
-        self, model: ScoredModel, encoded: list[EncodedText], per_token: bool
-    ) -> list[tuple[list[Window], list]]:
-        """Windows of each document and, for each window, its content-token scores (``per_token``)
-        or its window score."""
-        windows = self.windows_of(model)
-        plans, items, sequences = self.window_inputs(model, encoded)
-        batches = plan_batches([len(s) for s in sequences], self.max_batch_tokens, self.max_batch_size)
+    def _score_windows(self, model: ScoredModel, encoded: list[EncodedText], per_token: bool) -> np.ndarray:
+        """The buffer's per-token scores, concatenated in document order (``per_token``), or each
+        document's score, the highest of its windows'."""
+        sequences = self.windows_of(model)
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        token_starts = segment_starts(token_counts)
+        ids = np.concatenate([e.ids for e in encoded]) if encoded else np.zeros(0, np.int64)
+        plan = sequences.plan_batch(token_counts)
+        lengths = plan.end - plan.start + len(self.prefix) + len(self.suffix)
+        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
 
         def run(batch: list[int]) -> np.ndarray:
-            ids, mask = pad_batch([sequences[i] for i in batch])
-            return np.asarray(model.scorer(ids, mask), dtype=np.float32)
+            return np.asarray(model.scorer(*window_batch(sequences, ids, token_starts, plan, batch)), dtype=np.float32)
 
         outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
-        window_out: list = [None] * len(items)
+        if per_token:
+            token_probs = np.zeros(len(ids), dtype=np.float32)
+            for batch, probs in zip(batches, outputs):
+                stitch_windows(token_probs, token_starts, plan, batch, probs, len(self.prefix))
+            return token_probs
+        doc_scores = np.full(len(encoded), -np.inf, dtype=np.float32)
         for batch, probs in zip(batches, outputs):
-            for row, i in enumerate(batch):
-                if per_token:
-                    window_out[i] = windows.content(probs[row], items[i][1])
-                else:
-                    window_out[i] = float(np.ravel(probs[row])[0])
-        result: list[tuple[list[Window], list]] = [(plan, []) for plan in plans]
-        for (d, _), out in zip(items, window_out):
-            result[d][1].append(out)
-        return result
+            np.maximum.at(doc_scores, plan.doc[batch], probs.reshape(len(batch), -1)[:, 0])
+        return doc_scores
+
+
+def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
+    """Content tokens and code-point offsets of each text, read from the encodings into one flat
+    array each (views per text)."""
+    encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
+    counts = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+    total = int(counts.sum())
+    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
+                          count=2 * total).reshape(-1, 2)
+    return [EncodedText(i, o) for i, o in zip(split_segments(ids, counts), split_segments(offsets, counts))]
+
+
+# ------------------------------------------------------------------------------------- references
+# Today's simple forms of the pipeline's steps (one document, one window at a time): the baseline of
+# the property tests (tests/test_client_fast.py) and of benchmarks/client.py.
+
+
+def reference_encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
+    """``encode_texts`` one encoding at a time."""
+    encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
+    return [
+        EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
+        for e in encodings
+    ]
+
+
+def reference_score_windows(
+    pipeline: ScoringPipeline, model: ScoredModel, encoded: list[EncodedText], per_token: bool
+) -> list[tuple[list[Window], list]]:
+    """Windows of each document and, for each window, its content-token scores (``per_token``)
+    or its window score."""
+    windows = pipeline.windows_of(model)
+    plans, items, sequences = pipeline.window_inputs(model, encoded)
+    batches = reference_plan_batches([len(s) for s in sequences], pipeline.max_batch_tokens, pipeline.max_batch_size)
+
+    def run(batch: list[int]) -> np.ndarray:
+        ids, mask = reference_pad_batch([sequences[i] for i in batch])
+        return np.asarray(model.scorer(ids, mask), dtype=np.float32)
+
+    outputs = pipeline.executor.map(run, batches) if pipeline.executor else map(run, batches)
+    window_out: list = [None] * len(items)
+    for batch, probs in zip(batches, outputs):
+        for row, i in enumerate(batch):
+            if per_token:
+                window_out[i] = windows.content(probs[row], items[i][1])
+            else:
+                window_out[i] = float(np.ravel(probs[row])[0])
+    result: list[tuple[list[Window], list]] = [(plan, []) for plan in plans]
+    for (d, _), out in zip(items, window_out):
+        result[d][1].append(out)
+    return result
+
+
+def reference_score(pipeline: ScoringPipeline, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
+    """``ScoringPipeline.score`` one document, one window at a time."""
+    threshold = pipeline.threshold if threshold is None else threshold
+    encoded = reference_encode_texts(pipeline.tokenizer, texts)
+    token_scores = reference_score_windows(pipeline, pipeline.token_model, encoded, per_token=True)
+    doc_scores = reference_score_windows(pipeline, pipeline.doc_model, encoded, per_token=False) if pipeline.doc_model else None
+    results = []
+    for i, (text, enc) in enumerate(zip(texts, encoded)):
+        windows, window_probs = token_scores[i]
+        probs = stitch_window_scores(len(enc.ids), windows, window_probs)
+        chars = char_probabilities(enc.offsets, probs, len(text))
+        doc_score = float(max(doc_scores[i][1])) if doc_scores else None
+        results.append(DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars,
+                                      reference_spans_from_char_probs(chars, threshold), threshold))
+    return results
 
 
 def check_same_tokenizer(token_dir: Path, doc_dir: Path) -> None:
