@@ -137,10 +137,12 @@ class TargetTokenizer:
     def _init_hf(self) -> None:
         from tokenizers import decoders
 
+        from tokfilter.piece_cache import PieceCachedEncoder
         from tokfilter.windows import load_tokenizer
 
         self.kind = "tokenizers"
         self._hf = load_tokenizer(self.path)
+        self._encoder = PieceCachedEncoder(self._hf)
         self._byte_level = isinstance(self._hf.decoder, decoders.ByteLevel)
         self._added = {i: t.content for i, t in self._hf.get_added_tokens_decoder().items()}
         self.vocab_size = self._hf.get_vocab_size()
@@ -186,12 +188,7 @@ class TargetTokenizer:
         texts = [safe_text(t) for t in texts]
         if self.kind == "tiktoken":
             return self._encode_tiktoken_batch(texts)
-        encodings = self._hf.encode_batch(texts, add_special_tokens=False)
-        counts = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-        total = int(counts.sum())
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
-        offsets = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
-                              count=2 * total).reshape(-1, 2)
+        ids, offsets, counts = self._encoder.encode(texts)
         return split_encodings(ids, offsets[:, 0], offsets[:, 1], counts)
 
     def _encode_tiktoken_batch(self, texts: list[str]) -> list[TargetEncoding]:

@@ -2,6 +2,7 @@
 forms (today's one-document, one-window-at-a-time code) give."""
 
 import base64
+import string
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokfilter.clients.projection import TargetTokenizer, TargetEncoding, project_batch, reference_project_batch
+from tokfilter.piece_cache import PieceCachedEncoder, encode_batch_arrays, piece_pattern
 from tokfilter.scoring import (
     ScoredModel,
     ScoringPipeline,
@@ -19,6 +21,7 @@ from tokfilter.scoring import (
     reference_score,
     reference_score_windows,
 )
+from tokfilter.training.classifier.train import encoder_path
 from tokfilter.training.pretrain.tokenizer import train_target_tokenizer
 from tokfilter.windows import (
     Window,
@@ -142,8 +145,6 @@ def test_target_encode_equals_reference(targets, kind, texts):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokfilter.training.classifier.train import encoder_path
-
     return load_tokenizer(encoder_path() / "tokenizer.json")
 
 
@@ -184,3 +185,43 @@ def test_long_documents_equal_reference(tokenizer):
     texts = ["Insulin lowers blood glucose in the patient. " * 400, "", "A cell divides.", "naïve 😀 " * 300]
     pipeline = ScoringPipeline(tokenizer, ScoredModel(token_scorer, 256, 64), 0.5, ScoredModel(doc_scorer, 128, 16))
     assert_same_scores(pipeline.score(texts), reference_score(pipeline, texts))
+
+
+ASCII_TEXT = st.text(alphabet=st.sampled_from(string.printable), max_size=80) | st.lists(st.sampled_from(
+    ["don't", "'s", "'ll", "I'M", " ", "  ", "\n", "\t", "\r\n", "[CLS]", "[cls]", "<|endoftext|>", "[hidden]", "a" * 120,
+     "Insulin", "x1", "3.5mg", "é", "😀", "\x00", "\x1c"]), max_size=30).map("".join)
+
+
+@pytest.fixture(scope="module")
+def piece_encoders(tokenizer, targets):
+    return {"bert": PieceCachedEncoder(tokenizer), "byte_level_bpe": PieceCachedEncoder(targets["hf"]._hf)}
+
+
+@pytest.mark.parametrize("kind", ["bert", "byte_level_bpe"])
+@settings(max_examples=80, deadline=None)
+@given(texts=st.lists(ASCII_TEXT | TEXT, max_size=6))
+def test_piece_cache_equals_encode_batch(piece_encoders, kind, texts):
+    """Ids and offsets from cached pieces equal the library's, on ASCII text (cached), on any other
+    text and on text holding a special token's text (the library's own path)."""
+    encoder = piece_encoders[kind]
+    assert encoder.pieces is not None
+    for got, want in zip(encoder.encode(texts), encode_batch_arrays(encoder.tokenizer, texts)):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype and got.shape == want.shape
+
+
+def test_piece_cache_is_bounded_and_other_configurations_use_the_library(tokenizer, monkeypatch):
+    from tokenizers import pre_tokenizers
+
+    texts = [f"dose {i} of insulin, twice a day" for i in range(40)]
+    encoder = PieceCachedEncoder(tokenizer)
+    monkeypatch.setattr("tokfilter.piece_cache.MAX_CACHED_PIECES", 8)
+    for lo in range(0, 40, 10):
+        for got, want in zip(encoder.encode(texts[lo : lo + 10]), encode_batch_arrays(tokenizer, texts[lo : lo + 10])):
+            np.testing.assert_array_equal(got, want)
+        assert len(encoder.index) <= 8 + 16
+    other = load_tokenizer(encoder_path() / "tokenizer.json")
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert piece_pattern(other) is None
+    for got, want in zip(PieceCachedEncoder(other).encode(texts), encode_batch_arrays(other, texts)):
+        np.testing.assert_array_equal(got, want)

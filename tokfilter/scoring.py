@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from tokenizers import Tokenizer
 
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import ModelCard, load_model_card
+from tokfilter.piece_cache import PieceCachedEncoder
 from tokfilter.windows import (
     Span,
     Window,
@@ -226,6 +226,7 @@ class ScoringPipeline:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.executor = executor
+        self.encoder = PieceCachedEncoder(tokenizer)
         self.prefix, self.suffix = special_tokens(tokenizer)
         for model in filter(None, (token_model, doc_model)):
             self.windows_of(model)  # refuses a max_length without room for content
@@ -257,7 +258,8 @@ class ScoringPipeline:
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Content tokens and code-point offsets of each text, without truncation."""
-        return encode_texts(self.tokenizer, texts)
+        ids, offsets, counts = self.encoder.encode([safe_text(t) for t in texts])
+        return [EncodedText(i, o) for i, o in zip(split_segments(ids, counts), split_segments(offsets, counts))]
 
     def score(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
         """Scores of each text: token probabilities, character probabilities, spans, document score."""
@@ -322,25 +324,13 @@ class ScoringPipeline:
         return doc_scores
 
 
-def encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
-    """Content tokens and code-point offsets of each text, read from the encodings into one flat
-    array each (views per text)."""
-    encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
-    counts = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
-    total = int(counts.sum())
-    ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
-    offsets = np.fromiter(chain.from_iterable(chain.from_iterable(e.offsets for e in encodings)), dtype=np.int64,
-                          count=2 * total).reshape(-1, 2)
-    return [EncodedText(i, o) for i, o in zip(split_segments(ids, counts), split_segments(offsets, counts))]
-
-
 # ------------------------------------------------------------------------------------- references
 # Today's simple forms of the pipeline's steps (one document, one window at a time): the baseline of
 # the property tests (tests/test_client_fast.py) and of benchmarks/client.py.
 
 
 def reference_encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
-    """``encode_texts`` one encoding at a time."""
+    """``ScoringPipeline.encode`` with the library's ``encode_batch``, one encoding at a time."""
     encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
     return [
         EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
