@@ -105,12 +105,24 @@ class PieceCachedEncoder:
         if len(self.index) + len(missing) > MAX_CACHED_PIECES:
             self.clear()
             missing = sorted(set(pieces))
-        ids, offsets, counts = encode_batch_arrays(self.tokenizer, missing)
+        ids, offsets, counts = self._encode_pieces(missing)
         self.index.update(zip(missing, range(len(self.index), len(self.index) + len(missing))))
         self.counts = np.concatenate([self.counts, counts])
         self.table = np.concatenate([self.table, np.column_stack([ids, offsets])])
         self.starts = segment_starts(self.counts)
         return np.fromiter(map(self.index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
+
+    def _encode_pieces(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids, offsets within the piece and token count of each piece. BERT pieces are words,
+        white space or one punctuation character, each its own word with a space between them, so
+        they go as one text (one call instead of one per piece); byte-level ones one text each."""
+        if self.pieces.pattern != BERT_PIECES:
+            return encode_batch_arrays(self.tokenizer, pieces)
+        ids, offsets, _ = encode_batch_arrays(self.tokenizer, [" ".join(pieces)])
+        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        starts = segment_starts(lengths + 1)  # where each piece starts in the joined text
+        piece = np.searchsorted(starts, offsets[:, 0], side="right") - 1
+        return ids, offsets - starts[piece][:, None], np.bincount(piece, minlength=len(pieces)).astype(np.int64)
 
     def _encode_cached(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         piece_lists = [self.pieces.findall(t) for t in texts]
