@@ -26,8 +26,9 @@ from tokfilter.windows import segment_ids, segment_starts, split_segments
 
 # the characters on which the pieces below are exact: printable ASCII and \t \n \r
 OUTSIDE_ALPHABET = r"[^\t\n\r\x20-\x7e]"
-# BertPreTokenizer: runs of letters and digits; white space (dropped); each punctuation character
-BERT_PIECES = r"[A-Za-z0-9]+|[ \t\n\r]+|[^A-Za-z0-9 \t\n\r]"
+# BertPreTokenizer: runs of letters and digits, each punctuation character; the white space before
+# one (which it drops) rides along in the piece, and white space at the end is a piece of its own
+BERT_PIECES = r"[ \t\n\r]*(?:[A-Za-z0-9]+|[^A-Za-z0-9 \t\n\r])|[ \t\n\r]+"
 # the ByteLevel pre-tokenizer's regex (GPT-2's), with \p{L} and \p{N} on ASCII
 BYTE_LEVEL_PIECES = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
 MAX_CACHED_PIECES = 1 << 20
@@ -66,7 +67,7 @@ class PieceCachedEncoder:
     def clear(self) -> None:
         """Forget every cached piece."""
         self.index: dict[str, int] = {}
-        self.counts = self.starts = np.zeros(0, dtype=np.int64)
+        self.counts = self.starts = self.lengths = np.zeros(0, dtype=np.int64)
         self.table = np.zeros((0, 3), dtype=np.int64)  # id, start, end within the piece
 
     def cacheable(self, text: str) -> bool:
@@ -90,12 +91,12 @@ class PieceCachedEncoder:
         counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return np.concatenate(ids), np.concatenate(offsets), counts
 
-    def _piece_rows(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each piece's token count and first row in the table, and the table, encoding (with the
-        tokenizer) the pieces the cache lacks."""
+    def _piece_rows(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each piece's length, token count and first row in the table, and the table, encoding
+        (with the tokenizer) the pieces the cache lacks."""
         with self.lock:
             numbers = self._piece_numbers(pieces)
-            return self.counts[numbers], self.starts[numbers], self.table
+            return self.lengths[numbers], self.counts[numbers], self.starts[numbers], self.table
 
     def _piece_numbers(self, pieces: list[str]) -> np.ndarray:
         numbers = np.fromiter(map(self.index.get, pieces, repeat(-1)), dtype=np.int64, count=len(pieces))
@@ -108,14 +109,16 @@ class PieceCachedEncoder:
         ids, offsets, counts = self._encode_pieces(missing)
         self.index.update(zip(missing, range(len(self.index), len(self.index) + len(missing))))
         self.counts = np.concatenate([self.counts, counts])
+        self.lengths = np.concatenate([self.lengths, np.fromiter(map(len, missing), dtype=np.int64, count=len(missing))])
         self.table = np.concatenate([self.table, np.column_stack([ids, offsets])])
         self.starts = segment_starts(self.counts)
         return np.fromiter(map(self.index.__getitem__, pieces), dtype=np.int64, count=len(pieces))
 
     def _encode_pieces(self, pieces: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ids, offsets within the piece and token count of each piece. BERT pieces are words,
-        white space or one punctuation character, each its own word with a space between them, so
-        they go as one text (one call instead of one per piece); byte-level ones one text each."""
+        """Ids, offsets within the piece and token count of each piece. BERT pieces are a word or
+        one punctuation character (after white space), or white space: with a space between them
+        each stays its own word, so they go as one text (one call instead of one per piece);
+        byte-level ones one text each."""
         if self.pieces.pattern != BERT_PIECES:
             return encode_batch_arrays(self.tokenizer, pieces)
         ids, offsets, _ = encode_batch_arrays(self.tokenizer, [" ".join(pieces)])
@@ -127,12 +130,11 @@ class PieceCachedEncoder:
     def _encode_cached(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         piece_lists = [self.pieces.findall(t) for t in texts]
         pieces = list(chain.from_iterable(piece_lists))
-        tokens_per_piece, first_rows, table = self._piece_rows(pieces)
+        piece_lengths, tokens_per_piece, first_rows, table = self._piece_rows(pieces)
         rows = table[np.repeat(first_rows - segment_starts(tokens_per_piece), tokens_per_piece)
                      + np.arange(int(tokens_per_piece.sum()))]
         # pieces tile each text: a piece starts where the text's earlier pieces end
         text_of_piece = segment_ids(np.fromiter(map(len, piece_lists), dtype=np.int64, count=len(piece_lists)))
-        piece_lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
         text_starts = segment_starts(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
         piece_starts = segment_starts(piece_lengths) - text_starts[text_of_piece]
         offsets = rows[:, 1:] + np.repeat(piece_starts, tokens_per_piece)[:, None]
