@@ -2,13 +2,19 @@
 
 A BERT tokenizer (BertNormalizer + BertPreTokenizer + WordPiece) and a GPT-2 style byte-level BPE
 (ByteLevel pre-tokenizer with its regex, no normalizer) cut a text into pieces first and encode each
-piece on its own. On plain ASCII text (printable characters, tab, line feed, carriage return) that
-cut is a regular expression; each distinct piece is encoded once by the tokenizer itself and its ids
-and offsets kept, so a document costs a regex pass and dictionary lookups instead of the library's
-per-character bookkeeping. Texts outside that alphabet, texts holding an added token's text (which
-the library matches before normalizing) and tokenizers of any other configuration go through
-``encode_batch`` unchanged. ``tests/test_client_fast.py`` checks the result equals
-``encode_batch``'s.
+piece on its own; where that cut is a regular expression here, each distinct piece is encoded once by
+the tokenizer itself and its ids and offsets kept, so a document costs a regex pass and dictionary
+lookups instead of the library's per-character bookkeeping.
+
+  * BERT: the normalizer works character by character and the pre-tokenizer splits at every white
+    space, so text cut at ASCII white space (each chunk with the white space before it) encodes
+    chunk by chunk exactly as whole, in any alphabet.
+  * byte-level BPE: GPT-2's regex, on plain ASCII text (printable characters, tab, line feed,
+    carriage return), where its letter, digit and space classes are Python's.
+
+Texts outside the alphabet, texts holding an added token's text (which the library matches before
+normalizing) and tokenizers of any other configuration go through ``encode_batch`` unchanged.
+``tests/test_client_fast.py`` checks the result equals ``encode_batch``'s.
 """
 
 from __future__ import annotations
@@ -24,27 +30,26 @@ from tokenizers import Tokenizer
 
 from tokfilter.windows import segment_ids, segment_starts, split_segments
 
-# the characters on which the pieces below are exact: printable ASCII and \t \n \r
-OUTSIDE_ALPHABET = r"[^\t\n\r\x20-\x7e]"
-# BertPreTokenizer: runs of letters and digits, each punctuation character; the white space before
-# one (which it drops) rides along in the piece, and white space at the end is a piece of its own
-BERT_PIECES = r"[ \t\n\r]*(?:[A-Za-z0-9]+|[^A-Za-z0-9 \t\n\r])|[ \t\n\r]+"
-# the ByteLevel pre-tokenizer's regex (GPT-2's), with \p{L} and \p{N} on ASCII
+# BertPreTokenizer: white space (which it drops) and the chunk up to the next white space
+BERT_PIECES = r"[ \t\n\r]*[^ \t\n\r]+|[ \t\n\r]+"
+# the ByteLevel pre-tokenizer's regex (GPT-2's) with \p{L} and \p{N} on ASCII, and that alphabet
 BYTE_LEVEL_PIECES = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+OUTSIDE_ASCII = r"[^\t\n\r\x20-\x7e]"
 MAX_CACHED_PIECES = 1 << 20
 
 
-def piece_pattern(tokenizer: Tokenizer) -> str | None:
-    """The piece regex of ``tokenizer`` on ASCII text, or None when its configuration is not one
-    whose cut this module knows exactly."""
+def piece_pattern(tokenizer: Tokenizer) -> tuple[str, str | None] | None:
+    """The piece regex of ``tokenizer`` and a regex of the characters outside the alphabet it is
+    exact on (None: every text), or None when its configuration is not one whose cut this module
+    knows exactly."""
     config = json.loads(tokenizer.to_str())
     normalizer, pre, model = config.get("normalizer"), config.get("pre_tokenizer"), config["model"]
     if (normalizer or {}).get("type") == "BertNormalizer" and normalizer.get("clean_text") \
             and (pre or {}).get("type") == "BertPreTokenizer" and model["type"] == "WordPiece":
-        return BERT_PIECES
+        return BERT_PIECES, None
     if normalizer is None and (pre or {}).get("type") == "ByteLevel" and pre.get("use_regex", True) \
             and not pre.get("add_prefix_space") and model["type"] == "BPE" and not model.get("dropout"):
-        return BYTE_LEVEL_PIECES
+        return BYTE_LEVEL_PIECES, OUTSIDE_ASCII
     return None
 
 
@@ -57,9 +62,9 @@ class PieceCachedEncoder:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        pattern = piece_pattern(tokenizer)
-        self.pieces = re.compile(pattern) if pattern else None
-        self.outside = re.compile(OUTSIDE_ALPHABET)
+        pieces, outside = piece_pattern(tokenizer) or (None, None)
+        self.pieces = re.compile(pieces) if pieces else None
+        self.outside = re.compile(outside) if outside else None
         self.added = [(t.content, t.normalized) for t in tokenizer.get_added_tokens_decoder().values()]
         self.lock = threading.Lock()  # pipelines are shared by threads (servers)
         self.clear()
@@ -71,8 +76,8 @@ class PieceCachedEncoder:
         self.table = np.zeros((0, 3), dtype=np.int64)  # id, start, end within the piece
 
     def cacheable(self, text: str) -> bool:
-        """Whether the piece cut is exact on ``text``: plain ASCII, no added token's text in it."""
-        if self.outside.search(text):
+        """Whether the piece cut is exact on ``text``: in the alphabet, no added token's text in it."""
+        if self.outside is not None and self.outside.search(text):
             return False
         lower = text.lower() if any(normalized for _, normalized in self.added) else text
         return not any(content.lower() in lower if normalized else content in text for content, normalized in self.added)
