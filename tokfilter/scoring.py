@@ -30,16 +30,24 @@ from tokenizers import Tokenizer
 
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import ModelCard, load_model_card
+from tokfilter.piece_cache import PieceCachedEncoder
 from tokfilter.windows import (
     Span,
     Window,
     WindowSequences,
     char_probabilities,
+    char_probabilities_batch,
     load_tokenizer,
     pad_batch,
+    reference_pad_batch,
+    reference_spans_from_char_probs,
+    segment_starts,
+    spans_batch,
     special_tokens,
-    spans_from_char_probs,
+    split_segments,
     stitch_window_scores,
+    stitch_windows,
+    window_batch,
 )
 
 WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -134,6 +142,24 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     """
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    width = count = 0
+    for i, length in zip(order.tolist(), lengths[order].tolist()):
+        if batches and count < max_batch_size and (count + 1) * width <= max_batch_tokens:
+            batches[-1].append(i)
+            count += 1
+        else:
+            batches.append([i])
+            width, count = length, 1
+    return batches
+
+
+def reference_plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """``plan_batches`` with a Python sort and lookups per item."""
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
@@ -220,6 +246,7 @@ class ScoringPipeline:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.executor = executor
+        self.encoder = PieceCachedEncoder(tokenizer)
         self.prefix, self.suffix = special_tokens(tokenizer)
         if token_model.joint and doc_model is not None:
             raise TokfilterError("a joint model scores documents itself: give no separate document model with it")
@@ -254,30 +281,27 @@ class ScoringPipeline:
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Content tokens and code-point offsets of each text, without truncation."""
-        encodings = self.tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
-        return [
-            EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
-            for e in encodings
-        ]
+        ids, offsets, counts = self.encoder.encode([safe_text(t) for t in texts])
+        return [EncodedText(i, o) for i, o in zip(split_segments(ids, counts), split_segments(offsets, counts))]
 
     def score(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
         """Scores of each text: token probabilities, character probabilities, spans, document score."""
         threshold = self.threshold if threshold is None else threshold
         encoded = self.encode(texts)
-        token_scores = self._score_windows(self.token_model, encoded, per_token=True)
-        if self.token_model.joint:
-            doc_scores = token_scores
-        else:
-            doc_scores = self._score_windows(self.doc_model, encoded, per_token=False) if self.doc_model else None
-        results = []
-        for i, (text, enc) in enumerate(zip(texts, encoded)):
-            probs = stitch_window_scores(len(enc.ids), token_scores[i].windows, token_scores[i].token_probs)
-            chars = char_probabilities(enc.offsets, probs, len(text))
-            doc_score = float(max(doc_scores[i].doc_probs)) if doc_scores else None
-            results.append(
-                DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars, spans_from_char_probs(chars, threshold), threshold)
-            )
-        return results
+        token_probs, doc_scores = self._score_windows(self.token_model, encoded, per_token=True)
+        if self.doc_model is not None:
+            _, doc_scores = self._score_windows(self.doc_model, encoded, per_token=False)
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        char_counts = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        offsets = np.concatenate([e.offsets for e in encoded]) if encoded else np.zeros((0, 2), np.int64)
+        chars = char_probabilities_batch(offsets, token_probs, token_counts, char_counts)
+        spans = spans_batch(chars, char_counts, threshold)
+        doc_probs, doc_chars = split_segments(token_probs, token_counts), split_segments(chars, char_counts)
+        return [
+            DocumentScores(None if doc_scores is None else float(doc_scores[i]), enc.ids, enc.offsets, doc_probs[i],
+                           doc_chars[i], spans[i], threshold)
+            for i, enc in enumerate(encoded)
+        ]
 
     @property
     def scores_documents(self) -> bool:
@@ -290,8 +314,7 @@ class ScoringPipeline:
         if not self.scores_documents:
             raise TokfilterError("this pipeline has no document model")
         model = self.token_model if self.token_model.joint else self.doc_model
-        scored = self._score_windows(model, self.encode(texts), per_token=False)
-        return np.asarray([max(s.doc_probs) for s in scored], dtype=np.float32)
+        return self._score_windows(model, self.encode(texts), per_token=False)[1]
 
     def windows_of(self, model: ScoredModel) -> WindowSequences:
         """How ``model``'s inputs are cut from a document: its windowing and this tokenizer's special tokens."""
@@ -306,36 +329,104 @@ class ScoringPipeline:
         items = [(d, w) for d, plan in enumerate(plans) for w in plan]
         return plans, items, [windows.sequence(encoded[d].ids, w) for d, w in items]
 
-    def _score_windows(self, model: ScoredModel, encoded: list[EncodedText], per_token: bool) -> list[WindowScores]:
-        """Windows of each document and, for each window, its content-token scores (``per_token``:
-        a token model's, or a joint model's) and its window score (a document or joint model's)."""
-        windows = self.windows_of(model)
-        plans, items, sequences = self.window_inputs(model, encoded)
-        batches = plan_batches([len(s) for s in sequences], self.max_batch_tokens, self.max_batch_size)
+    def _score_windows(
+        self, model: ScoredModel, encoded: list[EncodedText], per_token: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(The buffer's per-token scores, concatenated in document order, when ``per_token``;
+        each document's score, the highest of its windows', from a document or joint model), both
+        from one ``model`` call per window batch."""
+        sequences = self.windows_of(model)
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        token_starts = segment_starts(token_counts)
+        ids = np.concatenate([e.ids for e in encoded]) if encoded else np.zeros(0, np.int64)
+        plan = sequences.plan_batch(token_counts)
+        lengths = plan.end - plan.start + len(self.prefix) + len(self.suffix)
+        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
 
         def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
             """(token probs [B, S] or None, window probs [B] or None) of a batch."""
-            ids, mask = pad_batch([sequences[i] for i in batch])
-            out = model.scorer(ids, mask)
-            if model.joint:
-                return np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.float32).reshape(-1)
-            out = np.asarray(out, dtype=np.float32)
-            return (out, None) if per_token else (None, out.reshape(len(batch), -1)[:, 0])
+            return batch_heads(model, per_token, model.scorer(*window_batch(sequences, ids, token_starts, plan, batch)), len(batch))
 
         outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
-        token_out: list = [None] * len(items)
-        doc_out: list = [None] * len(items)
-        for batch, (token_probs, doc_probs) in zip(batches, outputs):
-            for row, i in enumerate(batch):
-                if token_probs is not None:
-                    token_out[i] = windows.content(token_probs[row], items[i][1])
-                if doc_probs is not None:
-                    doc_out[i] = float(doc_probs[row])
-        result = [WindowScores(plan, [], []) for plan in plans]
-        for (d, _), tok, doc in zip(items, token_out, doc_out):
-            result[d].token_probs.append(tok)
-            result[d].doc_probs.append(doc)
-        return result
+        token_probs = np.zeros(len(ids), dtype=np.float32) if per_token else None
+        doc_scores = np.full(len(encoded), -np.inf, dtype=np.float32) if model.joint or not per_token else None
+        for batch, (batch_tokens, batch_docs) in zip(batches, outputs):
+            if token_probs is not None:
+                stitch_windows(token_probs, token_starts, plan, batch, batch_tokens, len(self.prefix))
+            if doc_scores is not None:
+                np.maximum.at(doc_scores, plan.doc[batch], batch_docs)
+        return token_probs, doc_scores
+
+
+def batch_heads(model: ScoredModel, per_token: bool, out, batch_size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A window scorer's output for a batch as (token probs [B, S] or None, window probs [B] or
+    None): a joint model gives both, a token model the first, a document model the second."""
+    if model.joint:
+        return np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.float32).reshape(-1)
+    out = np.asarray(out, dtype=np.float32)
+    return (out, None) if per_token else (None, out.reshape(batch_size, -1)[:, 0])
+
+
+# ------------------------------------------------------------------------------------- references
+# Today's simple forms of the pipeline's steps (one document, one window at a time): the baseline of
+# the property tests (tests/test_client_fast.py) and of benchmarks/client.py.
+
+
+def reference_encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
+    """``ScoringPipeline.encode`` with the library's ``encode_batch``, one encoding at a time."""
+    encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
+    return [
+        EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
+        for e in encodings
+    ]
+
+
+def reference_score_windows(
+    pipeline: ScoringPipeline, model: ScoredModel, encoded: list[EncodedText], per_token: bool
+) -> list[WindowScores]:
+    """Windows of each document and, for each window, its content-token scores (``per_token``:
+    a token model's, or a joint model's) and its window score (a document or joint model's)."""
+    windows = pipeline.windows_of(model)
+    plans, items, sequences = pipeline.window_inputs(model, encoded)
+    batches = reference_plan_batches([len(s) for s in sequences], pipeline.max_batch_tokens, pipeline.max_batch_size)
+
+    def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        ids, mask = reference_pad_batch([sequences[i] for i in batch])
+        return batch_heads(model, per_token, model.scorer(ids, mask), len(batch))
+
+    outputs = pipeline.executor.map(run, batches) if pipeline.executor else map(run, batches)
+    token_out: list = [None] * len(items)
+    doc_out: list = [None] * len(items)
+    for batch, (token_probs, doc_probs) in zip(batches, outputs):
+        for row, i in enumerate(batch):
+            if token_probs is not None:
+                token_out[i] = windows.content(token_probs[row], items[i][1])
+            if doc_probs is not None:
+                doc_out[i] = float(doc_probs[row])
+    result = [WindowScores(plan, [], []) for plan in plans]
+    for (d, _), tok, doc in zip(items, token_out, doc_out):
+        result[d].token_probs.append(tok)
+        result[d].doc_probs.append(doc)
+    return result
+
+
+def reference_score(pipeline: ScoringPipeline, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
+    """``ScoringPipeline.score`` one document, one window at a time."""
+    threshold = pipeline.threshold if threshold is None else threshold
+    encoded = reference_encode_texts(pipeline.tokenizer, texts)
+    token_scores = reference_score_windows(pipeline, pipeline.token_model, encoded, per_token=True)
+    if pipeline.token_model.joint:
+        doc_scores = token_scores
+    else:
+        doc_scores = reference_score_windows(pipeline, pipeline.doc_model, encoded, per_token=False) if pipeline.doc_model else None
+    results = []
+    for i, (text, enc) in enumerate(zip(texts, encoded)):
+        probs = stitch_window_scores(len(enc.ids), token_scores[i].windows, token_scores[i].token_probs)
+        chars = char_probabilities(enc.offsets, probs, len(text))
+        doc_score = float(max(doc_scores[i].doc_probs)) if doc_scores else None
+        results.append(DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars,
+                                      reference_spans_from_char_probs(chars, threshold), threshold))
+    return results
 
 
 def check_same_tokenizer(token_dir: Path, doc_dir: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.clients.export.dolma import DolmaAttributesWriter, attributes_row
 from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, DOC_MODEL, TOKEN_MODEL, FilterClient
-from tokfilter.clients.projection import TargetTokenizer, project
+from tokfilter.clients.projection import TargetTokenizer, project_batch
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
 from tokfilter.clients.shards.writer import (
     FORMAT,
@@ -222,15 +222,18 @@ class ChunkFilter:
             by_doc = dict(zip(kept, self.token_only.score([texts[i] for i in kept], self.threshold)))
             encoded = self.token_only.encode([texts[i] for i in dropped])
             lengths = {i: len(e.ids) for i, e in zip(dropped, encoded)} | {i: len(s.token_ids) for i, s in by_doc.items()}
+        encodings = self.target.encode(texts)
+        scored = sorted(by_doc)
+        projected = dict(zip(scored, project_batch([by_doc[i].char_probs for i in scored], [encodings[i] for i in scored])))
         out = []
-        for i, enc in enumerate(self.target.encode(texts)):
+        for i, enc in enumerate(encodings):
             scores = by_doc.get(i)
             if scores is None:
                 out.append(FilteredDoc(enc.ids, np.zeros(len(enc.ids), np.float32), float(doc_scores[i]), lengths[i], True))
                 continue
             spans = tuple((s.start, s.end, s.score) for s in scores.spans)
-            out.append(FilteredDoc(enc.ids, project(scores.char_probs, enc.starts, enc.ends), float(doc_scores[i]),
-                                   lengths[i], False, spans, scores.flagged_fraction))
+            out.append(FilteredDoc(enc.ids, projected[i], float(doc_scores[i]), lengths[i], False, spans,
+                                   scores.flagged_fraction))
         return out
 
 
