@@ -1,6 +1,7 @@
 """`tokfilter filter` with in-process ONNX Runtime: formats, errors, cascade, kill and resume."""
 
 import gzip
+import importlib.util
 import json
 import os
 import signal
@@ -163,3 +164,18 @@ def test_killed_run_resumes_to_identical_bytes(tiny_corpus_dir, settings, tmp_pa
 
     subprocess.run(cli_args(settings, str(corpus), "--out", str(tmp_path / "killed"), "--resume"), check=True, capture_output=True)
     assert dir_bytes(tmp_path / "killed") == whole
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_filter_records_the_runtime_and_resume_refuses_another(tiny_corpus_dir, settings, tmp_path, capsys):
+    """The manifest says which engine and precision scored each model; a resumed run must run the
+    same ones (their scores differ in the last digits)."""
+    test_file = str(tiny_corpus_dir / "test.jsonl")
+    manifest = run_local([test_file], tmp_path / "ov", replace(settings, runtime="openvino", precision="fp32"), show_progress=False)
+    assert manifest["token_model"]["runs_on"] == manifest["doc_model"]["runs_on"] == "openvino fp32"
+    assert manifest["token_model"]["precision"] == "fp32"  # the identity names the model file
+    assert "[filter] token_model: openvino fp32 (openvino asked for)" in capsys.readouterr().err
+    with pytest.raises(TokfilterError, match="scored token_model on openvino fp32, this one would run onnxruntime fp32"):
+        run_local([test_file], tmp_path / "ov", settings, resume=True, show_progress=False)
+    with pytest.raises(TokfilterError, match="--runtime must be one of"):
+        run_local([test_file], tmp_path / "o", replace(settings, runtime="tensorrt"), show_progress=False)

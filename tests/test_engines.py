@@ -40,9 +40,10 @@ def max_diff(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> float:
 @pytest.mark.parametrize("flags, have_openvino, precision, want", [
     ({"amx_bf16", "amx_int8", "avx512_bf16"}, True, None, ("openvino", "bf16")),
     ({"avx512_bf16", "avx512f"}, True, None, ("openvino", "bf16")),
-    ({"avx2", "avx512f"}, True, None, ("openvino", "fp32")),
+    ({"avx2", "avx512f"}, True, None, ("onnxruntime", "fp32")),
     ({"amx_bf16"}, False, None, ("onnxruntime", "fp32")),
-    ({"amx_bf16"}, True, "fp32", ("openvino", "fp32")),
+    ({"amx_bf16"}, True, "fp32", ("onnxruntime", "fp32")),
+    ({"amx_bf16"}, True, "bf16", ("openvino", "bf16")),
     ({"amx_bf16"}, True, "int8", ("onnxruntime", "int8")),
 ])
 def test_auto_choice_follows_the_cpu(tiny_models_dir, flags, have_openvino, precision, want):
@@ -71,9 +72,7 @@ def test_auto_skips_an_engine_whose_recorded_parity_check_failed(tiny_models_dir
     sha = file_sha256(model_dir / "model.onnx")
     record_check(model_dir, {"engine": "openvino", "precision": "bf16", "onnx_sha256": sha, "passed": False, "f1_diff": -0.02})
     choice = choose_engine(model_dir, flags=bf16, have_openvino=True)
-    assert (choice.engine, choice.precision) == ("openvino", "fp32") and "parity check failed" in choice.reason
-    record_check(model_dir, {"engine": "openvino", "precision": "fp32", "onnx_sha256": sha, "passed": False, "f1_diff": -0.01})
-    assert choose_engine(model_dir, flags=bf16, have_openvino=True).engine == "onnxruntime"
+    assert (choice.engine, choice.precision) == ("onnxruntime", "fp32") and "parity check failed" in choice.reason
     # a check recorded for another export of the same folder does not count
     checks = json.loads((model_dir / CHECKS_FILE).read_text())
     for check in checks.values():
@@ -188,3 +187,17 @@ def test_check_engine_cli(tiny_models_dir, tiny_corpus_dir, capsys):
     out = json.loads(capsys.readouterr().out.splitlines()[0])
     assert (out["engine"], out["precision"], out["docs"]) == ("onnxruntime", "int8", 10)
     assert rc == (0 if out["passed"] else 1)
+
+
+def test_tokfilter_engine_pins_what_auto_runs(tiny_models_dir, monkeypatch):
+    from tokfilter.engines import resolve_engine
+
+    model_dir = tiny_models_dir / "token_classifier"
+    monkeypatch.setenv("TOKFILTER_ENGINE", "torch")
+    assert resolve_engine(model_dir).engine == "torch" and "TOKFILTER_ENGINE=torch" in resolve_engine(model_dir).reason
+    assert resolve_engine(model_dir, "onnxruntime").engine == "onnxruntime"  # an explicit engine wins
+    monkeypatch.setenv("TOKFILTER_ENGINE", "tvm")
+    with pytest.raises(TokfilterError, match="TOKFILTER_ENGINE must be one of"):
+        resolve_engine(model_dir)
+    monkeypatch.delenv("TOKFILTER_ENGINE")
+    assert resolve_engine(model_dir).reason.startswith("auto: ")

@@ -11,12 +11,13 @@ its raw outputs; the post-processing is shared. Engines and precisions:
 ``auto`` (``choose_engine``) picks by what the CPU offers, measured in ``benchmarks/results/engines.md``:
 
 - OpenVINO bf16 where the CPU has bf16 matrix instructions (``amx_bf16``, or ``avx512_bf16`` without
-  AMX): 82k vs ONNX Runtime fp32 19k tokens/s on AMX (issue 13), 2.9x ONNX Runtime fp32 on the AMD
-  EPYC (avx512_bf16) here, within 0.005 of fp32 probabilities;
-- else OpenVINO fp32 (1.3-1.6x ONNX Runtime fp32, same scores);
-- else (``openvino`` not installed) ONNX Runtime fp32.
+  AMX) and ``openvino`` is installed: 82k vs ONNX Runtime fp32 19k tokens/s on AMX (issue 13); on
+  the AMD EPYC (avx512_bf16, no AMX) here 2.2x ONNX Runtime fp32 on 16 x 256 batches and 1.8x on
+  the filter's 1024-token batches, token F1 unchanged;
+- else ONNX Runtime fp32, the reference: OpenVINO fp32 gives the same scores but only 1.0x ONNX
+  Runtime fp32 on the 1024-token batches the filter and the Triton models run (1.3-1.6x on 16 x 256).
 
-int8 is never picked by ``auto``: dynamic quantization makes a token's score depend on the windows
+``TOKFILTER_ENGINE`` (onnxruntime|openvino|torch), when set, is what ``auto`` runs. int8 is never picked by ``auto``: dynamic quantization makes a token's score depend on the windows
 batched with it. An engine/precision whose parity check (``tokfilter check-engine --record``) failed
 for this model file is refused by ``auto``, which then takes the next one.
 """
@@ -24,8 +25,9 @@ for this model file is refused by ``auto``, which then takes the next one.
 from __future__ import annotations
 
 import json
+import os
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
-from tokfilter.inference import MODEL_FILES, GraphScorer, OnnxWindowScorer, engine_threads
+from tokfilter.inference import MODEL_FILES, GraphScorer, OnnxWindowScorer, engine_threads, file_precision
 from tokfilter.modelcard import load_model_card
 
 ENGINES = ("auto", "onnxruntime", "openvino", "torch")
@@ -43,6 +45,7 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
     "torch": ("fp32", "bf16", "fp16"),
 }
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+ENGINE_ENV = "TOKFILTER_ENGINE"  # set: what ``auto`` runs (onnxruntime|openvino|torch), e.g. to pin a deployment
 CHECKS_FILE = "engine_checks.json"  # parity checks recorded by `tokfilter check-engine --record`
 
 
@@ -123,25 +126,24 @@ def choose_engine(model_dir: Path | str, precision: str | None = None, device: s
         return EngineChoice("torch", precision or "bf16", "device cuda: ONNX Runtime has no CUDA provider")
     if precision == "int8":
         return EngineChoice("onnxruntime", "int8", "int8 asked for: ONNX Runtime's dynamic quantization")
-    if not have_openvino:
-        if precision not in (None, "fp32"):
-            raise TokfilterError(f"precision {precision} needs OpenVINO (pip install '.[openvino]') or --engine torch")
-        return EngineChoice("onnxruntime", "fp32", "openvino is not installed")
+    if precision == "fp32":
+        return EngineChoice("onnxruntime", "fp32", "fp32 asked for: the reference engine")
+    if precision not in (None, "bf16"):
+        raise TokfilterError(f"auto runs fp32, bf16 or int8 on a CPU, got {precision!r} (fp16: --engine torch)")
     bf16_cpu = sorted(f for f in BF16_CPU_FLAGS if f in flags)
-    candidates = []
-    if precision in (None, "bf16") and bf16_cpu:
-        candidates.append(("bf16", f"CPU has {', '.join(bf16_cpu)}"))
-    if precision in (None, "fp32"):
-        candidates.append(("fp32", "CPU has no bf16 instructions" if not bf16_cpu else "fp32 asked for"))
-    if not candidates:
-        raise TokfilterError(f"precision {precision} needs a CPU with {' or '.join(BF16_CPU_FLAGS)}; this one has neither")
-    refused = []
-    for candidate, reason in candidates:
-        failed = failed_check(model_dir, "openvino", candidate)
-        if failed is None:
-            return EngineChoice("openvino", candidate, reason + (f"; refused {', '.join(refused)}" if refused else ""))
-        refused.append(f"openvino {candidate} (parity check failed: token F1 differs by {failed['f1_diff']:+.4f})")
-    return EngineChoice("onnxruntime", "fp32", f"refused {', '.join(refused)}")
+    if not bf16_cpu:
+        if precision == "bf16":
+            raise TokfilterError(f"precision bf16 needs a CPU with {' or '.join(BF16_CPU_FLAGS)}; this one has neither")
+        return EngineChoice("onnxruntime", "fp32", "CPU has no bf16 instructions")
+    if not have_openvino:
+        if precision == "bf16":
+            raise TokfilterError("precision bf16 needs OpenVINO (pip install '.[openvino]') or --engine torch")
+        return EngineChoice("onnxruntime", "fp32", f"CPU has {', '.join(bf16_cpu)}, but openvino is not installed")
+    failed = failed_check(model_dir, "openvino", "bf16")
+    if failed is not None:
+        return EngineChoice("onnxruntime", "fp32", f"refused openvino bf16: its recorded parity check failed "
+                                                   f"(F1 differs by {failed['f1_diff']:+.4f})")
+    return EngineChoice("openvino", "bf16", f"CPU has {', '.join(bf16_cpu)}")
 
 
 class OpenVinoWindowScorer(GraphScorer):
@@ -161,7 +163,7 @@ class OpenVinoWindowScorer(GraphScorer):
             raise TokfilterError(f"openvino precision must be one of {PRECISIONS['openvino']}, got {precision!r}")
         self.model_dir, self.precision = Path(model_dir), precision
         self.card = load_model_card(self.model_dir)
-        path = self.model_dir / MODEL_FILES["int8" if precision == "int8" else "fp32"]
+        path = self.model_dir / MODEL_FILES[file_precision(precision)]
         if not path.is_file():
             raise TokfilterError(f"model file not found: {path}")
         core = ov.Core()
@@ -181,20 +183,31 @@ class OpenVinoWindowScorer(GraphScorer):
             return [np.asarray(result[output]) for output in self.compiled.outputs]
 
 
+def resolve_engine(model_dir: Path | str, engine: str = "auto", precision: str | None = None,
+                   device: str = "cpu") -> EngineChoice:
+    """The engine and precision ``make_window_scorer`` would run, and why (``auto`` resolved)."""
+    if engine not in ENGINES:
+        raise TokfilterError(f"engine must be one of {ENGINES}, got {engine!r}")
+    reason = f"{engine} asked for"
+    if engine == "auto" and os.environ.get(ENGINE_ENV):
+        engine, reason = os.environ[ENGINE_ENV], f"auto: {ENGINE_ENV}={os.environ[ENGINE_ENV]}"
+        if engine not in PRECISIONS:
+            raise TokfilterError(f"{ENGINE_ENV} must be one of {tuple(PRECISIONS)}, got {engine!r}")
+    if engine == "auto":
+        choice = choose_engine(model_dir, precision, device)
+        return EngineChoice(choice.engine, choice.precision, f"auto: {choice.reason}")
+    precision = precision or default_precision(engine, device)
+    if precision not in PRECISIONS[engine]:
+        raise TokfilterError(f"{engine} precision must be one of {PRECISIONS[engine]}, got {precision!r}")
+    return EngineChoice(engine, precision, reason)
+
+
 def make_window_scorer(model_dir: Path | str, engine: str = "auto", precision: str | None = None,
                        threads: int | None = None, device: str = "cpu") -> GraphScorer:
     """The window scorer of ``model_dir`` on ``engine`` at ``precision`` (None: the engine's default).
 
     The returned scorer carries ``engine``, ``precision`` and, for ``auto``, ``choice_reason``."""
-    if engine not in ENGINES:
-        raise TokfilterError(f"engine must be one of {ENGINES}, got {engine!r}")
-    reason = f"{engine} asked for"
-    if engine == "auto":
-        choice = choose_engine(model_dir, precision, device)
-        engine, precision, reason = choice.engine, choice.precision, f"auto: {choice.reason}"
-    precision = precision or default_precision(engine, device)
-    if precision not in PRECISIONS[engine]:
-        raise TokfilterError(f"{engine} precision must be one of {PRECISIONS[engine]}, got {precision!r}")
+    engine, precision, reason = astuple(resolve_engine(model_dir, engine, precision, device))
     if engine == "onnxruntime":
         scorer: GraphScorer = OnnxWindowScorer(model_dir, precision=precision, threads=threads, device=device)
     elif engine == "openvino":

@@ -18,6 +18,12 @@ from tokfilter.modelcard import ModelCard, load_model_card
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
 
+def file_precision(precision: str) -> str:
+    """The exported file (``MODEL_FILES`` key) a run precision reads: int8 the quantized graph,
+    fp32, bf16 and fp16 the fp32 one (engines lower its precision themselves)."""
+    return "int8" if precision == "int8" else "fp32"
+
+
 def forget_probability(logits: np.ndarray) -> np.ndarray:
     """p(forget class) from logits [..., 2], computed stably as sigmoid(l1 - l0)."""
     logits = np.asarray(logits, dtype=np.float32)

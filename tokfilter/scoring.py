@@ -9,7 +9,7 @@ probabilities and spans.
 
 A window scorer is any callable ``(input_ids [B, S], attention_mask [B, S]) -> probs``: ``[B, S]``
 p(forget) per position for the token model, ``[B]`` for the document model. That is all a backend
-has to provide (``OnnxWindowScorer``, a Triton gRPC call, ...).
+has to provide (``tokfilter.engines.make_window_scorer``'s engines, a Triton gRPC call, ...).
 
 Document score of a long document: the highest window score (a document is as "forget" as its most
 forget-like window), so a long document is never judged on its first window only.
@@ -213,11 +213,11 @@ class ScoringPipeline:
         **kwargs,
     ) -> "ScoringPipeline":
         """Pipeline over exported model directories; ``make_scorer(model_dir)`` builds each model's
-        scorer (default: in-process ONNX Runtime, fp32)."""
+        scorer (default: in process on the engine ``auto`` picks, ``tokfilter.engines``)."""
         if make_scorer is None:
-            from tokfilter.inference import OnnxWindowScorer
+            from tokfilter.engines import make_window_scorer
 
-            make_scorer = OnnxWindowScorer
+            make_scorer = make_window_scorer
         token_dir = Path(token_dir)
         token_card = load_model_card(token_dir)
         tokenizer = load_tokenizer(token_dir / "tokenizer.json")
