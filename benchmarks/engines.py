@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tokfilter import paths
-from tokfilter.engine_check import compare_scores
+from tokfilter.training.classifier.check_engine import compare_scores
 from tokfilter.engines import BF16_CPU_FLAGS, PRECISIONS, choose_engine, cpu_flags, make_window_scorer, openvino_installed
 from tokfilter.training.classifier.train import load_split, sample_docs, score_split
 from tokfilter.windows import WindowSequences, load_tokenizer, pad_batch

@@ -63,7 +63,7 @@ def test_auto_refuses_what_it_cannot_run(tiny_models_dir):
 
 
 def test_auto_skips_an_engine_whose_recorded_parity_check_failed(tiny_models_dir, tmp_path):
-    from tokfilter.engine_check import record_check
+    from tokfilter.training.classifier.check_engine import record_check
     from tokfilter.digest import file_sha256
 
     model_dir = tmp_path / "token_classifier"
@@ -163,7 +163,7 @@ def test_engines_return_every_output_of_a_graph_with_several(tiny_models_dir, tm
 
 @needs_openvino
 def test_parity_gate_compares_with_onnxruntime_fp32_on_labelled_documents(tiny_models_dir, tiny_corpus_dir, tmp_path):
-    from tokfilter.engine_check import check_engine, compare_scores, record_check
+    from tokfilter.training.classifier.check_engine import check_engine, compare_scores, record_check
     from tokfilter.training.classifier.train import load_split
 
     docs = load_split(tiny_corpus_dir, "validation")[:20]

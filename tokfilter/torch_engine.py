@@ -58,7 +58,7 @@ def torch_module_from_onnx(model_dir: Path | str):
     torch = import_torch()
     from transformers.utils import logging as hf_logging
 
-    from tokfilter.training.classifier.train import build_model
+    from tokfilter.classifier_model import build_model
 
     hf_logging.disable_progress_bar()  # build_model's pretrained weights are replaced right away
     model_dir = Path(model_dir)
