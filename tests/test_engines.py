@@ -201,3 +201,19 @@ def test_tokfilter_engine_pins_what_auto_runs(tiny_models_dir, monkeypatch):
         resolve_engine(model_dir)
     monkeypatch.delenv("TOKFILTER_ENGINE")
     assert resolve_engine(model_dir).reason.startswith("auto: ")
+
+
+@needs_openvino
+def test_openvino_request_pool_serves_concurrent_callers_the_same_scores(tiny_models_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tokfilter.engines import OpenVinoWindowScorer
+
+    scorer = OpenVinoWindowScorer(tiny_models_dir / "token_classifier", "fp32", threads=2, streams=2)
+    batches = [windows(seed, 3, 30) for seed in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda b: scorer(*b), batches))
+    for (ids, mask), got in zip(batches, concurrent):
+        np.testing.assert_array_equal(got, scorer(ids, mask))
+    with pytest.raises(TokfilterError, match="streams must be >= 1"):
+        OpenVinoWindowScorer(tiny_models_dir / "token_classifier", streams=0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import queue
 from dataclasses import astuple, dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -151,13 +151,17 @@ class OpenVinoWindowScorer(GraphScorer):
 
     bf16 is OpenVINO's ``INFERENCE_PRECISION_HINT`` on the fp32 graph (matmuls in bf16 on AMX or
     avx512_bf16); a CPU without bf16 instructions is refused rather than silently run in fp32.
-    Calls run one at a time on one infer request, like ``OnnxWindowScorer``: one stream already
-    uses every thread it is given."""
+
+    ``streams`` infer requests, each on its own OpenVINO stream of ``threads / streams`` threads, serve
+    that many calls at once; further callers wait for a free one. The default, 1, runs calls one at a
+    time like ``OnnxWindowScorer``, which is all a sequential caller (the pipeline without an executor)
+    can use; with 2 concurrent callers, 2 streams x 1 thread scored 1.4x the tokens/s of 1 stream x 2
+    threads on 4 x 256 bf16 batches here (11.7-12.2k vs 8.5k; one caller: 7.5-8.7k vs 7.2-8.1k)."""
 
     engine = "openvino"
     HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
-    def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int | None = None, streams: int = 1):
         ov = import_openvino()
         if precision not in PRECISIONS["openvino"]:
             raise TokfilterError(f"openvino precision must be one of {PRECISIONS['openvino']}, got {precision!r}")
@@ -167,20 +171,26 @@ class OpenVinoWindowScorer(GraphScorer):
         if not path.is_file():
             raise TokfilterError(f"model file not found: {path}")
         core = ov.Core()
+        if streams < 1:
+            raise TokfilterError(f"openvino streams must be >= 1, got {streams}")
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "INFERENCE_NUM_THREADS": engine_threads(threads),
-                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+                  "NUM_STREAMS": streams}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if precision == "bf16" and ran != ov.Type.bf16:
             raise TokfilterError(f"openvino bf16 asked for, but this CPU runs {ran.get_type_name()}: it has none of {BF16_CPU_FLAGS}")
-        self.request = self.compiled.create_infer_request()
-        self._one_run_at_a_time = threading.Lock()
+        self.free_requests: queue.Queue = queue.Queue()
+        for _ in range(streams):
+            self.free_requests.put(self.compiled.create_infer_request())
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        with self._one_run_at_a_time:
-            result = self.request.infer(feeds)  # copies the outputs out of the request's buffers
+        request = self.free_requests.get()
+        try:
+            result = request.infer(feeds)  # copies the outputs out of the request's buffers
             return [np.asarray(result[output]) for output in self.compiled.outputs]
+        finally:
+            self.free_requests.put(request)
 
 
 def resolve_engine(model_dir: Path | str, engine: str = "auto", precision: str | None = None,
