@@ -12,10 +12,14 @@ A joint model (one encoder, token and document heads; ``tokfilter model-repo --j
 both slots) serves from ``token_classifier`` both ``forget_prob`` and ``doc_forget_prob`` from one
 run per sub-batch, and from ``doc_classifier`` its document head; ``filter_text`` runs it once.
 
-Config parameters: ``precision`` (fp32|int8), ``ort_threads`` (0 = all cores) and
+Config parameters: ``precision`` (the model file: fp32|int8, published in the model identity),
+``engine`` (auto|onnxruntime|openvino|torch, ``tokfilter.engines``; empty: auto), ``engine_precision``
+(what the engine runs the fp32 file at: fp32|bf16|fp16; empty: the engine's), ``ort_threads``
+(threads of any engine, 0 = all cores) and
 ``max_batch_tokens`` (padded tokens per ONNX Runtime call; empty: 1024 on a CPU, 32768 on a GPU,
 ``tokfilter.scoring.max_batch_tokens_for``). The environment variable ``TOKFILTER_ORT_THREADS``
-overrides ``ort_threads``; ``TOKFILTER_DEVICE`` (cpu|cuda) picks the device.
+overrides ``ort_threads``; ``TOKFILTER_DEVICE`` (cpu|cuda) picks the device; ``TOKFILTER_ENGINE`` what ``auto``
+runs. Each model logs the engine and precision it runs (``[engine] ...`` in the server log).
 """
 
 from __future__ import annotations
@@ -27,18 +31,27 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from tokfilter.engines import engine_line, make_window_scorer
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, identity_from_parameters, model_identity
-from tokfilter.inference import OnnxWindowScorer, served_device
+from tokfilter.inference import served_device
 from tokfilter.modelcard import config_parameters, load_model_card
 from tokfilter.scoring import ScoringPipeline, max_batch_tokens_for, score_window_requests
 
 
 def scorer_factory(parameters: dict, device: str):
-    """Builds OnnxWindowScorers on ``device`` with the precision and threads the config asks for."""
-    precision = parameters.get("precision", "fp32")
+    """Builds window scorers on ``device`` with the engine, precision and threads the config asks for,
+    and says in the server log which engine and precision each runs."""
+    engine = parameters.get("engine") or "auto"
+    precision = "int8" if parameters.get("precision") == "int8" else parameters.get("engine_precision") or None
     threads = int(os.environ.get("TOKFILTER_ORT_THREADS") or parameters.get("ort_threads", "0")) or None
-    return lambda model_dir: OnnxWindowScorer(model_dir, precision=precision, threads=threads, device=device)
+
+    def make_scorer(model_dir: Path):
+        scorer = make_window_scorer(model_dir, engine, precision, threads=threads, device=device)
+        print(f"[engine] {engine_line(scorer)}", flush=True)
+        return scorer
+
+    return make_scorer
 
 
 def check_loaded_identity(name: str, model_dir: Path, parameters: dict) -> None:

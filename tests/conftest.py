@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite compares every path (in process, Triton, gateway, clients) with ONNX Runtime fp32, the
+# reference, so `auto` runs that; tests/test_engines.py tests the other engines and auto's choice.
+os.environ.setdefault("TOKFILTER_ENGINE", "onnxruntime")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ A window scorer is any callable ``(input_ids [B, S], attention_mask [B, S]) -> p
 p(forget) per position for the token model, ``[B]`` for the document model, and both as a pair
 ``([B, S], [B])`` for a joint model (one encoder, two heads: ``ScoredModel.joint``), which gives
 token and document scores from one call per window batch. That is all a backend has to provide
-(``OnnxWindowScorer``, a Triton gRPC call, ...; ``tokfilter.inference.window_probabilities`` turns
-raw outputs into this).
+(``tokfilter.engines.make_window_scorer``'s engines, a Triton gRPC call, ...;
+``tokfilter.inference.window_probabilities`` turns any engine's raw outputs into this).
 
 Document score of a long document: the highest window score (a document is as "forget" as its most
 forget-like window), so a long document is never judged on its first window only.
@@ -262,12 +262,12 @@ class ScoringPipeline:
         **kwargs,
     ) -> "ScoringPipeline":
         """Pipeline over exported model directories; ``make_scorer(model_dir)`` builds each model's
-        scorer (default: in-process ONNX Runtime, fp32). A joint ``token_dir`` scores documents
-        with its own document head: ``doc_dir`` is then unused."""
+        scorer (default: in process on the engine ``auto`` picks, ``tokfilter.engines``). A joint
+        ``token_dir`` scores documents with its own document head: ``doc_dir`` is then unused."""
         if make_scorer is None:
-            from tokfilter.inference import OnnxWindowScorer
+            from tokfilter.engines import make_window_scorer
 
-            make_scorer = OnnxWindowScorer
+            make_scorer = make_window_scorer
         token_dir = Path(token_dir)
         token_card = load_model_card(token_dir)
         tokenizer = load_tokenizer(token_dir / "tokenizer.json")

@@ -34,8 +34,10 @@ from tokfilter.clients.shards.writer import (
     remove_unlisted_shards,
     token_dtype,
 )
+from tokfilter.engines import ENGINES, make_window_scorer, resolve_engine
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, model_identity
+from tokfilter.inference import file_precision
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
@@ -52,7 +54,8 @@ class FilterSettings:
     target_tokenizer: str = str(paths.TARGET_TOKENIZER)
     threshold: float | None = None  # None: the token model card's threshold
     doc_prefilter: float | None = None
-    precision: str | None = None  # None: fp32 in process; with a server, whatever it serves
+    precision: str | None = None  # None: the runtime's default in process; with a server, whatever it serves
+    runtime: str = "auto"  # in process: auto|onnxruntime|openvino|torch (tokfilter.engines)
     text_field: str = "text"
     id_field: str = "id"
     on_error: str = "skip"
@@ -67,6 +70,8 @@ class FilterSettings:
     dolma_attributes: str | None = None  # also write Dolma attributes of this name (clients/export/dolma.py)
 
     def validate(self) -> None:
+        if self.runtime not in ENGINES:
+            raise TokfilterError(f"--runtime must be one of {ENGINES}, got {self.runtime!r}")
         if self.on_error not in ON_ERROR:
             raise TokfilterError(f"--on-error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.buffer_docs < 1:
@@ -124,16 +129,21 @@ def scoring_models(settings: FilterSettings) -> dict:
     it: the token threshold and the identity (``tokfilter.identity``) of the token and document
     models (the same identity twice for a joint model). With ``--server``, the identity each
     endpoint publishes for the files it loaded (every endpoint must serve the same models); in
-    process, that of the local exports. A joint model refuses ``--doc-prefilter``: its document
-    score comes out of the full pass, so a cascade would skip nothing."""
+    process, that of the local exports, and ``runs_on``: the engine and precision that run each
+    (``auto`` resolved once here, so every worker of the run runs the same). A joint model refuses
+    ``--doc-prefilter``: its document score comes out of the full pass, so a cascade would skip
+    nothing."""
     if settings.server:
         urls = settings.server.split(",")
         models = served_models(settings, urls[0])[1]
         for url in urls[1:]:
             check_same_models(models, served_models(settings, url)[1], f"--server: {url} serves another {{key}} than {urls[0]}")
     else:
-        precision = settings.precision or "fp32"
-        models = {key: model_identity(path, precision) for key, path in local_model_dirs(settings).items()}
+        models = {}
+        for key, path in local_model_dirs(settings).items():
+            choice = resolve_engine(path, settings.runtime, settings.precision)
+            models[key] = model_identity(path, file_precision(choice.precision)) | {"runs_on": f"{choice.engine} {choice.precision}"}
+            print(f"[filter] {key}: {choice.engine} {choice.precision} ({choice.reason})", file=sys.stderr, flush=True)
     if settings.doc_prefilter is not None and models["token_model"] == models["doc_model"]:
         raise TokfilterError(f"--doc-prefilter needs a separate, cheaper document model: {models['token_model']['model_name']} is a "
                              "joint model, whose document score comes out of the same pass as its token scores, so the cascade "
@@ -190,15 +200,14 @@ class ChunkFilter:
                 max_batch_tokens=batch_tokens, executor=executor,
             )
         else:
-            from tokfilter.inference import OnnxWindowScorer
-
-            precision = settings.precision or "fp32"
-            found = {key: model_identity(path, precision) for key, path in local_model_dirs(settings).items()}
+            dirs = local_model_dirs(settings)
+            runs_on = {Path(dirs[key]): models[key]["runs_on"].split() for key in MODEL_KEYS}
+            found = {key: model_identity(path, file_precision(runs_on[Path(path)][1])) for key, path in dirs.items()}
             check_same_models(models, found, "the local {key} differs from the one this run records")
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
                 settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
-                make_scorer=lambda d: OnnxWindowScorer(d, precision=precision, threads=settings.threads),
+                make_scorer=lambda d: make_window_scorer(d, *runs_on[Path(d)], threads=settings.threads),
             )
         self.threshold = models["threshold"]
         self.token_only = ScoringPipeline(
@@ -298,6 +307,11 @@ def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, t
             raise TokfilterError(f"--resume: {key} differs from the run in {out_dir} ({old.get(key)} != {manifest[key]})")
     check_same_models({key: old.get(key) or {} for key in MODEL_KEYS}, manifest,
                       f"--resume: {{key}} differs from the one that scored the run in {out_dir}; resume with that model")
+    for key in MODEL_KEYS:
+        ran, runs = (old.get(key) or {}).get("runs_on"), manifest[key].get("runs_on")
+        if ran is not None and ran != runs:
+            raise TokfilterError(f"--resume: the run in {out_dir} scored {key} on {ran}, this one would run {runs}: "
+                                 f"pass --runtime {ran.split()[0]} --precision {ran.split()[1]}")
     if [i["path"] for i in old["inputs"]] != inputs:
         raise TokfilterError(f"--resume: INPUT must be the same files as the run in {out_dir}: {[i['path'] for i in old['inputs']]}")
     remove_unlisted_shards(out_dir, old)
