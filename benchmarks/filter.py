@@ -106,8 +106,8 @@ def main() -> int:
     parser.add_argument("--buffer-docs", type=int, default=FilterSettings.buffer_docs)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
-    parser.add_argument("--token-model", default=FilterSettings.token_model, help="token model of the two-model baseline")
-    parser.add_argument("--doc-model", default=FilterSettings.doc_model, help="document model of the two-model baseline")
+    parser.add_argument("--token-model", default=str(paths.TOKEN_MODEL_DIR), help="token model of the two-model baseline")
+    parser.add_argument("--doc-model", default=str(paths.DOC_MODEL_DIR), help="document model of the two-model baseline")
     parser.add_argument("--joint-model", default=str(paths.JOINT_MODEL_DIR) if paths.JOINT_MODEL_DIR.is_dir() else None,
                         help=f"joint model to compare (default: {paths.JOINT_MODEL_DIR} if it exists; else the baseline only)")
     parser.add_argument("--joint-precisions", default="fp32,int8", help="comma-separated precisions of the joint model")

@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=1, help="also measure (b) from this many client processes")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out (d), e.g. without the pretrained encoder package")
     parser.add_argument("--joint", action="store_true", help="serve and score with the joint model (models-dir/joint_classifier; "
-                        "tokfilter model-repo --joint); results to serve_joint.json/.md")
+                        "as tokfilter model-repo places it); results to serve_joint.json/.md")
     args = parser.parse_args()
     if args.client_processes < 1:
         parser.error(f"--client-processes must be >= 1, got {args.client_processes}")

@@ -22,15 +22,15 @@ DEFAULTS = FilterSettings()
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL (.jsonl, .gz, .zst), Parquet, or '-' for stdin")
     parser.add_argument("--out", type=Path, default=paths.SHARDS_DIR, help="shard directory (default: %(default)s)")
-    parser.add_argument("--server", help="Triton gRPC endpoint(s), comma-separated, e.g. grpc://127.0.0.1:8001 (default: in-process ONNX Runtime)")
+    parser.add_argument("--server", help="Triton gRPC endpoint(s), comma-separated, e.g. grpc://127.0.0.1:8001 (default: in process, on --runtime)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--ray-address", help="Ray cluster address for --engine ray (default: start a local instance)")
     parser.add_argument("--ray-actors", type=int, default=1, help="filter actors for --engine ray (default: %(default)s)")
     parser.add_argument("--target-tokenizer", default=DEFAULTS.target_tokenizer, help="tokenizer.json or .tiktoken of the pretraining")
     parser.add_argument("--token-model", default=DEFAULTS.token_model,
-                        help="token model export; a joint one (train-classifier --task joint) gives the document score in the "
-                             "same pass: --doc-model is then unused and --doc-prefilter refused")
-    parser.add_argument("--doc-model", default=DEFAULTS.doc_model)
+                        help="token model export (default: the joint model, %(default)s); a joint one (train-classifier --task "
+                             "joint) gives the document score in the same pass: --doc-model is then unused and --doc-prefilter refused")
+    parser.add_argument("--doc-model", default=DEFAULTS.doc_model, help="document model beside a token model (default: %(default)s)")
     parser.add_argument("--threshold", type=float, help="token threshold for the flagged counts (default: the model card's)")
     parser.add_argument("--doc-prefilter", type=float, metavar="LOW", help="documents with document score < LOW skip the token model")
     parser.add_argument("--runtime", choices=ENGINES, default=DEFAULTS.runtime,

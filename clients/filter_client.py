@@ -29,7 +29,7 @@ from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_from_parameters
 from tokfilter.inference import window_probabilities
 from tokfilter.modelcard import JOINT_DOC_OUTPUT, config_parameters, load_model_card
-from tokfilter.paths import TOKEN_MODEL_DIR
+from tokfilter.paths import JOINT_MODEL_DIR
 from tokfilter.scoring import (
     DEFAULT_REQUEST_TOKENS,
     DocumentScores,
@@ -150,7 +150,7 @@ class FilterClient:
     def __init__(
         self,
         url: str = "grpc://127.0.0.1:8001",
-        model_dir: Path | str = TOKEN_MODEL_DIR,
+        model_dir: Path | str = JOINT_MODEL_DIR,
         max_in_flight: int = 8,
         max_batch_tokens: int = DEFAULT_REQUEST_TOKENS,
         use_doc_model: bool = True,

@@ -7,10 +7,11 @@ classifier into ``<repo>/<model>/1/``. The default repository is a checkout's ``
 ``<artifacts>/model_repo`` (``tokfilter.paths``); into any other folder (``--repo``) the configs are
 copied first, so tests, benchmarks and installed packages never write into the shipped ones.
 
-With ``--joint``, the joint model (``joint_classifier/``: one encoder, token and document heads)
-goes into both window slots: ``token_classifier`` then serves both heads from one run (its config
-gains the output ``doc_forget_prob``), ``doc_classifier`` its document head, so the server's set
-of models, its supervision and the clients of either slot stay as they are.
+By default the joint model (``joint_classifier/``: one encoder, token and document heads) goes
+into both window slots: ``token_classifier`` then serves both heads from one run (its config gains
+the output ``doc_forget_prob``), ``doc_classifier`` its document head, so the server's set of
+models, its supervision and the clients of either slot stay as they are. ``--two-models`` places
+the separate pair (``token_classifier/``, ``doc_classifier/``) instead.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = Fal
         for name in MODEL_FILES:
             src = models_dir / (JOINT_MODEL if joint else model) / name
             if not src.is_file():
-                raise TokfilterError(f"model file not found: {src} (run `tokfilter train-classifier` first, or pass --models-dir)")
+                task = "--task joint" if joint else f"--task {model.removesuffix('_classifier').replace('doc', 'document')}"
+                other = "--two-models places the separate pair" if joint else "without --two-models the joint model is placed"
+                raise TokfilterError(f"model file not found: {src} (run `tokfilter train-classifier {task}` first, or pass "
+                                     f"--models-dir; {other})")
             dst = repo / model / VERSION / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_symlink() or dst.exists():
@@ -96,11 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="exported classifiers (default: %(default)s)")
     parser.add_argument("--repo", type=Path, default=MODEL_REPO_DIR, help="model repository to fill (default: %(default)s)")
     parser.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
-    parser.add_argument("--joint", action="store_true",
-                        help="serve the joint model (models-dir/joint_classifier: token and document heads, one pass) in both slots")
+    parser.add_argument("--two-models", action="store_true",
+                        help="place the separate token and document models (models-dir/token_classifier, doc_classifier) "
+                             "instead of the joint model (models-dir/joint_classifier: both heads, one pass) in both slots")
 
 
 def main(args: argparse.Namespace) -> int:
-    placed = place_models(args.models_dir, args.repo, args.copy, args.joint)
+    placed = place_models(args.models_dir, args.repo, args.copy, joint=not args.two_models)
     print(f"placed {len(placed)} files from {args.models_dir} into {args.repo}")
     return 0

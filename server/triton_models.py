@@ -8,7 +8,7 @@ back per request. Without the regrouping, 32 requests in flight were merged into
 whose attention scores alone take ~0.8 GB per layer: slower per token on a CPU than small batches.
 ``filter_text``: raw texts in, JSON spans out, through the shared scoring pipeline.
 
-A joint model (one encoder, token and document heads; ``tokfilter model-repo --joint`` places it in
+A joint model (one encoder, token and document heads; ``tokfilter model-repo`` places it in
 both slots) serves from ``token_classifier`` both ``forget_prob`` and ``doc_forget_prob`` from one
 run per sub-batch, and from ``doc_classifier`` its document head; ``filter_text`` runs it once.
 

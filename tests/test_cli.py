@@ -166,6 +166,19 @@ def test_model_repo_flags_name_the_folders(tmp_path, capsys):
     assert str(tmp_path / "no-models") in capsys.readouterr().err
 
 
+def test_model_repo_places_the_joint_model_by_default_and_the_pair_with_two_models(tiny_joint_model_dir, tmp_path, capsys):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_joint_model_dir, models / "joint_classifier")
+    assert main(["model-repo", "--models-dir", str(models), "--repo", str(tmp_path / "repo"), "--copy"]) == 0
+    for slot in ("token_classifier", "doc_classifier"):
+        assert json.loads((tmp_path / "repo" / slot / "1" / "tokfilter.json").read_text())["task"] == "joint"
+    capsys.readouterr()
+    assert main(["model-repo", "--models-dir", str(models), "--repo", str(tmp_path / "pair"), "--two-models"]) == 2
+    assert str(models / "token_classifier") in capsys.readouterr().err
+
+
 def test_pretrain_flags_are_validated_with_their_values(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "run"), "--shards", str(tmp_path / "none"), "--seq-len", "0"]) == 2
     assert "seq_len" in capsys.readouterr().err

@@ -49,7 +49,7 @@ class FilterSettings:
     """Everything that decides the bytes of the shards (checked again on ``--resume``), plus
     ``server``/``max_in_flight``/``threads``, which only decide where and how fast models run."""
 
-    token_model: str = str(paths.TOKEN_MODEL_DIR)  # a joint model scores documents too; doc_model is then unused
+    token_model: str = str(paths.JOINT_MODEL_DIR)  # a joint model scores documents too; doc_model is then unused
     doc_model: str = str(paths.DOC_MODEL_DIR)
     target_tokenizer: str = str(paths.TARGET_TOKENIZER)
     threshold: float | None = None  # None: the token model card's threshold

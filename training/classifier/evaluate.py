@@ -127,7 +127,8 @@ def plot_pr_curves(path: Path, token: tuple, document: tuple) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR, help="corpus dir holding <split>.jsonl")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    parser.add_argument("--token-model", type=Path, default=paths.TOKEN_MODEL_DIR)
+    parser.add_argument("--token-model", type=Path, default=paths.JOINT_MODEL_DIR,
+                        help="token model, or a joint model (default: %(default)s)")
     parser.add_argument("--doc-model", type=Path, default=None,
                         help=f"document model (default: the token model's document head if it is joint, else {paths.DOC_MODEL_DIR})")
     parser.add_argument("--precision", choices=sorted(MODEL_FILES), default="fp32", help="which exported model to score")
