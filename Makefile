@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,dev,train]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,openvino,dev,train]"
 	touch $@
 
 # Debian data sources of the demo corpus: WordNet and fortunes are installed, Gene Ontology is only

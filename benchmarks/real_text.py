@@ -7,7 +7,8 @@ without the folder this script says so and exits 0.
 Passages are split by a seeded hash of their id into ``adapt`` (50%: the only passages any model may
 train on, as an unlabelled corpus: ``--write-unlabelled``), ``dev`` (15%: every decision about data
 mixes and settings is made on it) and ``test`` (35%: what is reported). For each model (``--model``, a
-token model dir; its document model is the ``doc_classifier`` dir beside it unless ``--doc-model`` says):
+token model dir; its document model is the ``doc_classifier`` dir beside it unless ``--doc-model`` says;
+a joint model scores documents itself):
 
 * passages: share of word pieces flagged at the card threshold per domain (med, bio, bio_gray,
   general); passage AUROC of the mean token probability (med against bio + general, and against
@@ -214,15 +215,17 @@ def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tupl
 def document_metrics(doc_dir: Path, passages: list[Passage], passage_scores: list[DocumentScores],
                      mixed_scores: list[DocumentScores]) -> dict:
     """Document-score recall on the mixed documents and positive share per passage domain, at the
-    document card's threshold and at its 95%-recall threshold (the cascade's cut)."""
+    document card's threshold and at its 95%-recall threshold (the cascade's cut); ``doc_dir`` is a
+    document model, or a joint model whose document head scored."""
     card = load_model_card(doc_dir)
+    threshold, recall95 = (card.doc_threshold, card.doc_threshold_recall95) if card.joint else (card.threshold, card.threshold_recall95)
     domain = np.array([p.domain for p in passages])
     on_mixed = np.array([r.doc_score for r in mixed_scores])
     on_passages = np.array([r.doc_score for r in passage_scores])
     benign_or_med = domain != "bio_gray"
-    row = {"doc_threshold": card.threshold, "doc_threshold_recall95": card.threshold_recall95,
+    row = {"doc_threshold": threshold, "doc_threshold_recall95": recall95,
            "doc_passage_auroc": auroc(domain[benign_or_med] == "med", on_passages[benign_or_med])}
-    for name, cut in (("card", card.threshold), ("recall95", card.threshold_recall95)):
+    for name, cut in (("card", threshold), ("recall95", recall95)):
         row[f"doc_recall_mixed_at_{name}"] = float(np.mean(on_mixed >= cut))
         row[f"doc_positive_share_at_{name}"] = {d: float(np.mean(on_passages[domain == d] >= cut)) for d in DOMAINS}
     return row
@@ -236,8 +239,8 @@ def evaluate_model(token_dir: Path, doc_dir: Path | None, passages: list[Passage
     on_mixed, mixed_scores = mixed_metrics(pipeline, mixed)
     row = {"token_model": str(token_dir), "doc_model": str(doc_dir) if doc_dir else None, "threshold": pipeline.threshold,
            "data_digest": load_model_card(token_dir).data_digest, **on_passages, **on_mixed}
-    if doc_dir is not None:
-        row.update(document_metrics(doc_dir, passages, passage_scores, mixed_scores))
+    if pipeline.scores_documents:
+        row.update(document_metrics(doc_dir or token_dir, passages, passage_scores, mixed_scores))
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
@@ -347,7 +350,7 @@ def plot(result: dict, path: Path) -> None:
 
 def model_rows(models: list[str], doc_models: list[str]) -> dict[str, tuple[Path, Path | None]]:
     """name -> (token dir, document dir) from ``[NAME=]DIR`` arguments; a token model's document model is
-    the ``doc_classifier`` dir beside it unless ``--doc-model NAME=DIR`` names one."""
+    the ``doc_classifier`` dir beside it unless ``--doc-model NAME=DIR`` names one; a joint model has none."""
     def parse(arg: str) -> tuple[str, Path]:
         name, _, path = arg.rpartition("=")
         return name or Path(path).resolve().parent.name, Path(path)
@@ -357,7 +360,10 @@ def model_rows(models: list[str], doc_models: list[str]) -> dict[str, tuple[Path
     for arg in models:
         name, token_dir = parse(arg)
         sibling = token_dir.parent / "doc_classifier"
-        rows[name] = (token_dir, docs.get(name, sibling if (sibling / "tokfilter.json").is_file() else None))
+        if load_model_card(token_dir).joint:
+            rows[name] = (token_dir, None)
+        else:
+            rows[name] = (token_dir, docs.get(name, sibling if (sibling / "tokfilter.json").is_file() else None))
     return rows
 
 

@@ -26,6 +26,7 @@ the results go to serve_cuda.json/.md beside the CPU ones. ``--skip-baseline`` l
 the b/d ratios, for a host without the pretrained encoder package that (d) loads.
 
     python benchmarks/serve.py [--models-dir artifacts/models] [--docs 64] [--concurrency 1,2,4,8,16,32]
+    python benchmarks/serve.py --joint   # the joint model (models-dir/joint_classifier) in both slots -> serve_joint.md
     python benchmarks/serve.py --docs 2048 --docs-per-request 16 --concurrency 1,4,16 --instances 2 --client-processes 4   # a GPU
 """
 
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace) -> dict:
 
     import httpx
 
-    token_dir, doc_dir = args.models_dir / "token_classifier", args.models_dir / "doc_classifier"
+    token_dir = args.models_dir / ("joint_classifier" if args.joint else "token_classifier")
+    doc_dir = args.models_dir / "doc_classifier"  # unused by a joint token_dir: its own head scores documents
     device = served_device()  # what the Triton models will run on; every path uses the same device
     texts = benchmark_texts(args.corpus, args.docs)
     requests = [texts[i : i + args.docs_per_request] for i in range(0, len(texts), args.docs_per_request)]
@@ -185,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     rows = []
     repo = args.repo_dir
-    place_models(args.models_dir, repo)
+    place_models(args.models_dir, repo, joint=args.joint)
     ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port(), "gateway_port": free_port()}
     with running_server(repo, ort_threads=args.threads, instances=args.instances, **ports) as ep:
         client = FilterClient(ep.grpc_url, token_dir, max_in_flight=max(concurrencies), max_batch_tokens=request_tokens)
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
             goals["b_int8_over_d>=2"] = ratios["b_int8_over_d"] >= GOALS["b_over_d"]
     card = load_model_card(token_dir)
     return {
-        "benchmark": "serve", "models_dir": str(args.models_dir), "model": {"name": card.name, "layers": card.num_layers,
+        "benchmark": "serve", "models_dir": str(args.models_dir), "joint": args.joint, "model": {"name": card.name, "layers": card.num_layers,
         "max_length": card.max_length, "stride": card.stride, "encoder": card.encoder},
         "documents": len(texts), "tokens": n_tokens, "docs_per_request": args.docs_per_request, "ort_threads": args.threads,
         "max_batch_tokens": call_tokens, "request_tokens": request_tokens, "instances": args.instances,
@@ -261,7 +263,7 @@ def markdown(result: dict) -> str:
     instances = result.get("instances") or "the config's"
     lines = [
         "# Serving throughput (benchmarks/serve.py)", "",
-        f"Models: `{result['models_dir']}` ({result['model']['layers']} layers, max_length {result['model']['max_length']}); "
+        f"Models: `{result['models_dir']}`{' joint_classifier (one pass, both heads)' if result.get('joint') else ''} ({result['model']['layers']} layers, max_length {result['model']['max_length']}); "
         f"{result['documents']} documents / {result['tokens']} tokens, {result['docs_per_request']} documents per request, "
         f"device {result['device']} (onnxruntime {result.get('onnxruntime', 'version not recorded')}), ORT threads {result['ort_threads']}, {result['max_batch_tokens']} padded tokens per model call, "
         f"{result['request_tokens']} per FilterClient request, Triton instances per model: {instances}; {result['machine']['cpus']} CPUs "
@@ -301,16 +303,18 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=None, help="Triton instances per model (default: the config's)")
     parser.add_argument("--client-processes", type=int, default=1, help="also measure (b) from this many client processes")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out (d), e.g. without the pretrained encoder package")
+    parser.add_argument("--joint", action="store_true", help="serve and score with the joint model (models-dir/joint_classifier; "
+                        "as tokfilter model-repo places it); results to serve_joint.json/.md")
     args = parser.parse_args()
     if args.client_processes < 1:
         parser.error(f"--client-processes must be >= 1, got {args.client_processes}")
-    for model in ("token_classifier", "doc_classifier"):
+    for model in ("joint_classifier",) if args.joint else ("token_classifier", "doc_classifier"):
         if not (args.models_dir / model / "model.onnx").is_file():
             raise SystemExit(f"no exported {model} under {args.models_dir} (run `tokfilter train-classifier` or pass --models-dir)")
     args.load_start = list(os.getloadavg())
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "serve" if result["device"] == "cpu" else f"serve_{result['device']}"
+    name = ("serve" if result["device"] == "cpu" else f"serve_{result['device']}") + ("_joint" if args.joint else "")
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))

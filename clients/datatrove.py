@@ -7,8 +7,10 @@
 
     LocalPipelineExecutor(pipeline=[JsonlReader("in/"), TokfilterScorer(), JsonlWriter("out/")], tasks=4).run()
 
-Each document gets, in ``metadata``: ``tokfilter_doc_score`` (the document classifier's score, or
-None without a document model), ``tokfilter_flagged_fraction`` (the share of classifier tokens at
+By default the joint model (``artifacts/models/joint_classifier``) gives token and document
+scores from one pass (``doc_model`` is then unused); a token model export pairs with ``doc_model``.
+Each document gets, in ``metadata``: ``tokfilter_doc_score`` (the document score, or None without
+a document model or head), ``tokfilter_flagged_fraction`` (the share of classifier tokens at
 or above the threshold), ``tokfilter_spans`` (``[[start, end, score], ...]``, character offsets into
 the text as read, the layout of Dolma's span attributes) and ``tokfilter_threshold``. With
 ``hide=True`` each span of the text is replaced by ``[hidden]`` (the offsets stay those of the
@@ -39,7 +41,7 @@ class TokfilterScorer(PipelineStep):
 
     def __init__(
         self,
-        token_model: Path | str = paths.TOKEN_MODEL_DIR,
+        token_model: Path | str = paths.JOINT_MODEL_DIR,
         doc_model: Path | str | None = paths.DOC_MODEL_DIR,
         server: str | None = None,
         threshold: float | None = None,

@@ -27,9 +27,9 @@ import numpy as np
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_from_parameters
-from tokfilter.inference import forget_probability
-from tokfilter.modelcard import config_parameters, load_model_card
-from tokfilter.paths import TOKEN_MODEL_DIR
+from tokfilter.inference import window_probabilities
+from tokfilter.modelcard import JOINT_DOC_OUTPUT, config_parameters, load_model_card
+from tokfilter.paths import JOINT_MODEL_DIR
 from tokfilter.scoring import (
     DEFAULT_REQUEST_TOKENS,
     DocumentScores,
@@ -96,12 +96,13 @@ def grpc_address(url: str) -> str:
 class TritonWindowScorer:
     """A window scorer that runs a model of the Triton server (one gRPC client per thread).
 
-    Accepts both the python-backend models (output ``forget_prob``) and the native onnxruntime
-    GPU configs (output ``logits``, turned into p(forget) here)."""
+    Accepts both the python-backend models (output ``forget_prob``, and ``doc_forget_prob`` for a
+    joint model: one call, both scores) and the native onnxruntime GPU configs (output ``logits``,
+    turned into p(forget) by ``tokfilter.inference.window_probabilities``)."""
 
     def __init__(self, address: str, model: str, output: str, timeout: float | None = 120.0, api_key: str | None = None,
-                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S):
-        self.address, self.model, self.output, self.timeout = address, model, output, timeout
+                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S, doc_output: str | None = None):
+        self.address, self.model, self.output, self.doc_output, self.timeout = address, model, output, doc_output, timeout
         self.headers, self.retry_deadline_s = key_headers(api_key), retry_deadline_s
         self._local = threading.local()
 
@@ -124,12 +125,15 @@ class TritonWindowScorer:
                   grpcclient.InferInput("attention_mask", list(attention_mask.shape), "INT64")]
         inputs[0].set_data_from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
         inputs[1].set_data_from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))
-        outputs = [grpcclient.InferRequestedOutput(self.output)]
+        names = [self.output] + ([self.doc_output] if self.doc_output else [])
+        outputs = [grpcclient.InferRequestedOutput(name) for name in names]
         result = retry_transient(lambda: self._client().infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout,
                                                                headers=self.headers),
                                  self.retry_deadline_s, f"Triton model {self.model!r} at grpc://{self.address}", self._reconnect)
-        out = result.as_numpy(self.output)
-        return forget_probability(out) if self.output == "logits" else out
+        if self.output == "logits":
+            return window_probabilities({"logits": result.as_numpy("logits")})
+        token = result.as_numpy(self.output)
+        return (token, result.as_numpy(self.doc_output).reshape(-1)) if self.doc_output else token
 
 
 class FilterClient:
@@ -146,7 +150,7 @@ class FilterClient:
     def __init__(
         self,
         url: str = "grpc://127.0.0.1:8001",
-        model_dir: Path | str = TOKEN_MODEL_DIR,
+        model_dir: Path | str = JOINT_MODEL_DIR,
         max_in_flight: int = 8,
         max_batch_tokens: int = DEFAULT_REQUEST_TOKENS,
         use_doc_model: bool = True,
@@ -166,14 +170,18 @@ class FilterClient:
             raise TokfilterError(f"tokenizer not found: {tokenizer_path} (pass model_dir= the exported token model)")
         self.server_models = self._served_models()
         digest = file_sha256(tokenizer_path)
-        served = [m for m in (TOKEN_MODEL, DOC_MODEL) if m in self.server_models and (use_doc_model or m == TOKEN_MODEL)]
+        # a joint model served as token_classifier gives the document score in the same call
+        self.joint = JOINT_DOC_OUTPUT in [o["name"] for o in self.server_models[TOKEN_MODEL]["output"]]
+        served = [m for m in (TOKEN_MODEL, DOC_MODEL)
+                  if m in self.server_models and (m == TOKEN_MODEL or (use_doc_model and not self.joint))]
         self.identities = {model: self._identity(model, model_dir, digest) for model in served}
         token, doc = self.identities[TOKEN_MODEL], self.identities.get(DOC_MODEL)
         self.model_name = token["model_name"]
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="tokfilter-client")
+        token_scorer = self._scorer(TOKEN_MODEL, timeout, JOINT_DOC_OUTPUT if self.joint and use_doc_model else None)
         self.pipeline = ScoringPipeline(
             load_tokenizer(tokenizer_path),
-            ScoredModel(self._scorer(TOKEN_MODEL, timeout), token["max_length"], token["stride"]),
+            ScoredModel(token_scorer, token["max_length"], token["stride"], joint=token_scorer.doc_output is not None),
             token["threshold"],
             doc_model=ScoredModel(self._scorer(DOC_MODEL, timeout), doc["max_length"], doc["stride"]) if doc else None,
             max_batch_tokens=max_batch_tokens,
@@ -184,9 +192,9 @@ class FilterClient:
     def threshold(self) -> float:
         return self.pipeline.threshold
 
-    def _scorer(self, model: str, timeout: float | None) -> TritonWindowScorer:
+    def _scorer(self, model: str, timeout: float | None, doc_output: str | None = None) -> TritonWindowScorer:
         output = self.server_models[model]["output"][0]["name"]
-        return TritonWindowScorer(self.address, model, output, timeout, self.api_key, self.retry_deadline_s)
+        return TritonWindowScorer(self.address, model, output, timeout, self.api_key, self.retry_deadline_s, doc_output)
 
     def _served_models(self) -> dict[str, dict]:
         """Configs of the window models the server has ready; a server that is starting or

@@ -12,6 +12,7 @@ target token that overlaps a flagged classifier token is flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.scoring import HIDDEN_TOKEN, safe_text
+from tokfilter.windows import segment_ids, segment_starts, split_segments
 
 EOT_TOKEN = "<|endoftext|>"
 # cl100k's split pattern: .tiktoken files hold only the merges, not the pattern
@@ -63,6 +65,40 @@ def project(char_probs: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.
     return np.where(hi > lo, maxima, np.float32(0)).astype(np.float32)
 
 
+def project_batch(char_probs: Sequence[np.ndarray], encodings: Sequence["TargetEncoding"]) -> list[np.ndarray]:
+    """``project`` of every document of a buffer in one pass over their concatenated characters and
+    tokens (a document's spans never reach into the next: its last token owns up to its own end)."""
+    char_counts = np.fromiter(map(len, char_probs), dtype=np.int64, count=len(char_probs))
+    token_counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    if len(char_counts) != len(token_counts):
+        raise ValueError(f"{len(char_counts)} documents of character probabilities but {len(token_counts)} encodings")
+    char_starts, token_starts = segment_starts(char_counts), segment_starts(token_counts)
+    doc = segment_ids(token_counts)
+    base, n_chars = char_starts[doc], char_counts[doc]
+    starts = np.concatenate([np.zeros(0, np.int64), *(e.starts for e in encodings)]) + base
+    ends = np.concatenate([np.zeros(0, np.int64), *(e.ends for e in encodings)]) + base
+    # owned_spans per document: documents' characters follow each other, so a running max of the
+    # ends never carries one document's into the next past its first token, set to its start
+    prev_end = np.empty_like(ends)
+    prev_end[1:] = np.maximum.accumulate(ends)[:-1]
+    prev_end[token_starts[token_counts > 0]] = char_starts[token_counts > 0]
+    lo = np.minimum(starts, prev_end)
+    hi = np.maximum(ends, lo + 1)
+    last = (token_starts + token_counts - 1)[token_counts > 0]
+    hi[last] = np.maximum(hi[last], base[last] + n_chars[last])
+    lo, hi = np.clip(lo, base, base + n_chars), np.clip(hi, base, base + n_chars)
+    flat = np.concatenate([np.zeros(0, np.float32), *char_probs]).astype(np.float32)
+    padded = np.append(flat, np.float32(0))  # reduceat needs idx < len
+    maxima = np.maximum.reduceat(padded, np.stack([lo, hi], axis=1).ravel())[::2] if len(lo) else lo
+    probs = np.where(hi > lo, maxima, np.float32(0)).astype(np.float32)
+    return split_segments(probs, token_counts)
+
+
+def reference_project_batch(char_probs: Sequence[np.ndarray], encodings: Sequence["TargetEncoding"]) -> list[np.ndarray]:
+    """``project_batch`` one document at a time: the baseline of its tests and benchmark."""
+    return [project(c, e.starts, e.ends) for c, e in zip(char_probs, encodings, strict=True)]
+
+
 def _code_point_byte_starts(text: str) -> np.ndarray:
     """UTF-8 byte offset at which each code point of ``text`` starts, plus the total length."""
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -101,10 +137,12 @@ class TargetTokenizer:
     def _init_hf(self) -> None:
         from tokenizers import decoders
 
+        from tokfilter.piece_cache import PieceCachedEncoder
         from tokfilter.windows import load_tokenizer
 
         self.kind = "tokenizers"
         self._hf = load_tokenizer(self.path)
+        self._encoder = PieceCachedEncoder(self._hf)
         self._byte_level = isinstance(self._hf.decoder, decoders.ByteLevel)
         self._added = {i: t.content for i, t in self._hf.get_added_tokens_decoder().items()}
         self.vocab_size = self._hf.get_vocab_size()
@@ -146,6 +184,30 @@ class TargetTokenizer:
         return self._hf.decode([token_id]).encode()
 
     def encode(self, texts: Sequence[str]) -> list[TargetEncoding]:
+        """Ids and code-point spans of each text's tokens, read into flat arrays for the whole batch."""
+        texts = [safe_text(t) for t in texts]
+        if self.kind == "tiktoken":
+            return self._encode_tiktoken_batch(texts)
+        ids, offsets, counts = self._encoder.encode(texts)
+        return split_encodings(ids, offsets[:, 0], offsets[:, 1], counts)
+
+    def _encode_tiktoken_batch(self, texts: list[str]) -> list[TargetEncoding]:
+        """``_encode_tiktoken`` of every text, with the byte-to-character mapping done once on the
+        texts joined (a token never spans two texts, so its characters are its own text's)."""
+        token_lists = [self._tt.encode_ordinary(t) for t in texts]
+        counts = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        ids = np.fromiter(chain.from_iterable(token_lists), dtype=np.int64, count=int(counts.sum()))
+        cp_starts = _code_point_byte_starts("".join(texts))
+        char_starts = segment_starts(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
+        base = char_starts[segment_ids(counts)]
+        byte_ends = np.cumsum(self._byte_lengths[ids])  # tokens of consecutive texts tile the joined bytes
+        byte_starts = byte_ends - self._byte_lengths[ids]
+        starts = np.searchsorted(cp_starts, byte_starts, side="right") - 1 - base
+        ends = np.searchsorted(cp_starts, byte_ends, side="left") - base
+        return split_encodings(ids, starts, ends, counts)
+
+    def reference_encode(self, texts: Sequence[str]) -> list[TargetEncoding]:
+        """``encode`` one text at a time: the baseline of its tests and benchmark."""
         texts = [safe_text(t) for t in texts]
         if self.kind == "tiktoken":
             return [self._encode_tiktoken(t) for t in texts]
@@ -164,3 +226,8 @@ class TargetTokenizer:
         starts = np.searchsorted(cp_starts, byte_starts, side="right") - 1
         ends = np.searchsorted(cp_starts, byte_ends, side="left")
         return TargetEncoding(ids, starts, ends)
+
+
+def split_encodings(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray) -> list[TargetEncoding]:
+    """Per-text ``TargetEncoding`` views of a batch's flat ids and spans (``counts`` tokens each)."""
+    return [TargetEncoding(*parts) for parts in zip(*(split_segments(a, counts) for a in (ids, starts, ends)))]

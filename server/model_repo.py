@@ -6,6 +6,12 @@ data, ``tokfilter/model_repo/``, in an installed package); this command links (o
 classifier into ``<repo>/<model>/1/``. The default repository is a checkout's ``model_repo/``, else
 ``<artifacts>/model_repo`` (``tokfilter.paths``); into any other folder (``--repo``) the configs are
 copied first, so tests, benchmarks and installed packages never write into the shipped ones.
+
+By default the joint model (``joint_classifier/``: one encoder, token and document heads) goes
+into both window slots: ``token_classifier`` then serves both heads from one run (its config gains
+the output ``doc_forget_prob``), ``doc_classifier`` its document head, so the server's set of
+models, its supervision and the clients of either slot stay as they are. ``--two-models`` places
+the separate pair (``token_classifier/``, ``doc_classifier/``) instead.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from tritonclient.grpc import model_config_pb2
 
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_parameters, model_identity
+from tokfilter.modelcard import JOINT_DOC_OUTPUT, load_model_card
 from tokfilter.paths import MODEL_CONFIGS_DIR, MODEL_REPO_DIR, MODELS_DIR
 
 WINDOW_MODELS = ("token_classifier", "doc_classifier")
 SERVED_MODELS = WINDOW_MODELS + ("filter_text",)
 MODEL_FILES = ("model.onnx", "model.int8.onnx", "tokenizer.json", "tokfilter.json")
+JOINT_MODEL = "joint_classifier"
 VERSION = "1"
 
 
@@ -47,6 +55,8 @@ def served_config(repo: Path, model: str, instances: int | None, ort_threads: in
         served = model_identity(repo / model / VERSION, config.parameters["precision"].string_value or "fp32")
         for key, value in identity_parameters(served).items():
             config.parameters[key].string_value = value
+    if model == "token_classifier" and load_model_card(repo / model / VERSION).joint:
+        config.output.add(name=JOINT_DOC_OUTPUT, data_type=model_config_pb2.TYPE_FP32, dims=[1])
     if instances is not None:
         if instances < 1:
             raise TokfilterError(f"--instances must be >= 1, got {instances}")
@@ -61,8 +71,9 @@ def missing_model_files(repo: Path) -> list[Path]:
     return [repo / m / VERSION / f for m in WINDOW_MODELS for f in MODEL_FILES if not (repo / m / VERSION / f).is_file()]
 
 
-def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = False) -> list[Path]:
-    """Put the exported model files into ``repo`` (links unless ``copy``); returns the placed paths."""
+def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = False, joint: bool = False) -> list[Path]:
+    """Put the exported model files into ``repo`` (links unless ``copy``); returns the placed paths.
+    ``joint``: ``models_dir/joint_classifier`` fills both window slots."""
     models_dir, repo = Path(models_dir).resolve(), Path(repo).resolve()
     if repo != MODEL_CONFIGS_DIR.resolve():
         for model in SERVED_MODELS:
@@ -70,9 +81,12 @@ def place_models(models_dir: Path, repo: Path = MODEL_REPO_DIR, copy: bool = Fal
     placed = []
     for model in WINDOW_MODELS:
         for name in MODEL_FILES:
-            src = models_dir / model / name
+            src = models_dir / (JOINT_MODEL if joint else model) / name
             if not src.is_file():
-                raise TokfilterError(f"model file not found: {src} (run `tokfilter train-classifier` first, or pass --models-dir)")
+                task = "--task joint" if joint else f"--task {model.removesuffix('_classifier').replace('doc', 'document')}"
+                other = "--two-models places the separate pair" if joint else "without --two-models the joint model is placed"
+                raise TokfilterError(f"model file not found: {src} (run `tokfilter train-classifier {task}` first, or pass "
+                                     f"--models-dir; {other})")
             dst = repo / model / VERSION / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_symlink() or dst.exists():
@@ -86,9 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="exported classifiers (default: %(default)s)")
     parser.add_argument("--repo", type=Path, default=MODEL_REPO_DIR, help="model repository to fill (default: %(default)s)")
     parser.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    parser.add_argument("--two-models", action="store_true",
+                        help="place the separate token and document models (models-dir/token_classifier, doc_classifier) "
+                             "instead of the joint model (models-dir/joint_classifier: both heads, one pass) in both slots")
 
 
 def main(args: argparse.Namespace) -> int:
-    placed = place_models(args.models_dir, args.repo, args.copy)
+    placed = place_models(args.models_dir, args.repo, args.copy, joint=not args.two_models)
     print(f"placed {len(placed)} files from {args.models_dir} into {args.repo}")
     return 0

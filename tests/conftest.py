@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite compares every path (in process, Triton, gateway, clients) with ONNX Runtime fp32, the
+# reference, so `auto` runs that; tests/test_engines.py tests the other engines and auto's choice.
+os.environ.setdefault("TOKFILTER_ENGINE", "onnxruntime")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +34,18 @@ def tiny_models_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
     for task, name in (("token", "token_classifier"), ("document", "doc_classifier")):
         config = TrainConfig(task=task, layers=1, max_steps=4, batch_size=8, lr=1e-4, max_length=64, stride=16)
         train_classifier(config, tiny_corpus_dir, out / name, threads=2, log=io.StringIO())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_joint_model_dir(tiny_corpus_dir, tmp_path_factory) -> Path:
+    """``joint_classifier/``: one 1-layer encoder with token and document heads, trained a few steps
+    and exported as one graph (outputs ``logits`` and ``doc_logits``)."""
+    from tokfilter.training.classifier.train import TrainConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("tiny_joint") / "joint_classifier"
+    config = TrainConfig(task="joint", layers=1, max_steps=4, batch_size=8, lr=1e-4, max_length=64, stride=16)
+    train_classifier(config, tiny_corpus_dir, out, threads=2, log=io.StringIO())
     return out
 
 

@@ -13,7 +13,7 @@ from tokfilter.training.classifier.export import PARITY_TOLERANCE, export_onnx, 
 from tokfilter.windows import load_tokenizer, pad_batch
 
 
-@pytest.mark.parametrize("task", ["token", "document"])
+@pytest.mark.parametrize("task", ["token", "document", "joint"])
 def test_onnx_fp32_matches_torch_on_padded_batches(task, tmp_path):
     model = build_model(task, layers=1, seed=3)
     export_onnx(model, tmp_path / "model.onnx", task)
@@ -27,11 +27,16 @@ def test_onnx_fp32_matches_torch_on_padded_batches(task, tmp_path):
     ids, mask = pad_batch(seqs)  # different lengths: exercises the dynamic axes and the padding mask
     expected = torch_score_fn(model)(ids, mask)
     got = OnnxWindowScorer(tmp_path)(ids, mask)
-    assert got.shape == ((3, ids.shape[1]) if task == "token" else (3,))
-    real = mask.astype(bool) if task == "token" else slice(None)
-    assert np.max(np.abs(got - expected)[real]) <= PARITY_TOLERANCE
     int8 = OnnxWindowScorer(tmp_path, precision="int8")(ids, mask)
-    assert int8.shape == got.shape and np.all((int8 >= 0) & (int8 <= 1))
+    heads = {"token": ["token"], "document": ["document"], "joint": ["token", "document"]}[task]
+    if task != "joint":
+        expected, got, int8 = (expected,), (got,), (int8,)
+    assert len(got) == len(expected) == len(int8) == len(heads)
+    for head, e, g, q in zip(heads, expected, got, int8):
+        assert g.shape == ((3, ids.shape[1]) if head == "token" else (3,))
+        real = mask.astype(bool) if head == "token" else slice(None)
+        assert np.max(np.abs(g - e)[real]) <= PARITY_TOLERANCE
+        assert q.shape == g.shape and np.all((q >= 0) & (q <= 1))
 
 
 @pytest.mark.parametrize("name", ["token_classifier", "doc_classifier"])
@@ -61,6 +66,41 @@ def test_saved_thresholds_reproduce_validation_metrics(tiny_models_dir, tiny_cor
     assert binary_metrics(labels, scores, card.threshold_recall95)["recall"] >= 0.95
 
 
+def test_joint_model_is_one_graph_with_both_heads_calibrated(tiny_joint_model_dir):
+    import onnx
+
+    card = load_model_card(tiny_joint_model_dir)
+    assert card.task == "joint" and card.joint and card.name == "joint_classifier"
+    for file in ("model.onnx", "model.int8.onnx"):
+        graph = onnx.load(str(tiny_joint_model_dir / file)).graph
+        assert [o.name for o in graph.output] == ["logits", "doc_logits"]
+        assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    for threshold in (card.threshold, card.threshold_recall95, card.doc_threshold, card.doc_threshold_recall95):
+        assert 0 < threshold < 1
+    for key in ("validation_fp32_f1", "validation_int8_f1", "doc_validation_fp32_f1", "doc_validation_int8_f1"):
+        assert 0 <= card.metrics[key] <= 1
+    assert card.metrics["parity_max_abs_prob_diff_fp32"] <= PARITY_TOLERANCE
+    assert card.extra["train_config"]["task"] == "joint" and "window CE" in card.extra["loss"]
+
+
+@pytest.mark.parametrize("head", ["token", "document"])
+def test_saved_joint_thresholds_reproduce_validation_metrics(tiny_joint_model_dir, tiny_corpus_dir, head):
+    """Each head of the joint model: its saved threshold gives the saved F1, its recall95 threshold recall >= 0.95."""
+    card = load_model_card(tiny_joint_model_dir)
+    labels, scores = score_split(OnnxWindowScorer(tiny_joint_model_dir), card.max_length, card.stride,
+                                 load_tokenizer(tiny_joint_model_dir / "tokenizer.json"),
+                                 load_split(tiny_corpus_dir, "validation"), card.task, head)
+    threshold, recall95, prefix = ((card.threshold, card.threshold_recall95, "") if head == "token"
+                                   else (card.doc_threshold, card.doc_threshold_recall95, "doc_"))
+    assert binary_metrics(labels, scores, threshold)["f1"] == pytest.approx(card.metrics[f"{prefix}validation_fp32_f1"], abs=1e-4)
+    assert binary_metrics(labels, scores, recall95)["recall"] >= 0.95
+
+
+def test_old_cards_load_without_document_head_fields(tiny_models_dir):
+    card = load_model_card(tiny_models_dir / "token_classifier")
+    assert not card.joint and card.doc_threshold is None and card.doc_threshold_recall95 is None
+
+
 def test_eval_classifier_prints_metrics_and_writes_pr_curve(tiny_models_dir, tiny_corpus_dir, tmp_path, capsys):
     rc = cli_main(["eval-classifier", "--json", "--corpus", str(tiny_corpus_dir),
                    "--token-model", str(tiny_models_dir / "token_classifier"),
@@ -76,3 +116,14 @@ def test_eval_classifier_prints_metrics_and_writes_pr_curve(tiny_models_dir, tin
     assert result["n_docs"] == len(load_split(tiny_corpus_dir, "test"))
     png = tmp_path / "pr_curve.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_classifier_scores_both_heads_of_a_joint_model(tiny_joint_model_dir, tiny_corpus_dir, tmp_path, capsys):
+    rc = cli_main(["eval-classifier", "--json", "--corpus", str(tiny_corpus_dir), "--max-docs", "20",
+                   "--token-model", str(tiny_joint_model_dir), "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    card = load_model_card(tiny_joint_model_dir)
+    assert result["threshold"] == pytest.approx(card.threshold, abs=1e-4)
+    assert result["doc_threshold"] == pytest.approx(card.doc_threshold, abs=1e-4)
+    assert 0 <= result["token_f1"] <= 1 and 0 <= result["doc_f1"] <= 1

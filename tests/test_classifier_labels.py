@@ -1,11 +1,14 @@
 """Weak label spans -> token labels, training windows, upsampling, calibration: pure functions."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokfilter.training.classifier.train import (
+    DOC_LOSS_WEIGHT,
     IGNORE,
+    build_model,
     calibrate_thresholds,
     encoder_path,
     flip_token_labels,
@@ -13,9 +16,11 @@ from tokfilter.training.classifier.train import (
     sample_docs,
     encode_documents,
     token_labels_from_spans,
+    training_loss,
     upsample_positive_windows,
+    window_is_positive,
 )
-from tokfilter.windows import WindowSequences, load_tokenizer
+from tokfilter.windows import WindowSequences, load_tokenizer, pad_batch
 
 
 def test_labels_on_hand_made_sentence():
@@ -74,6 +79,35 @@ def test_windows_keep_labels_aligned_with_tokens():
     assert positive_tokens == set(tokenizer.encode(medical.strip(), add_special_tokens=False).ids)
     doc_windows = make_windows(encoded, "document", sequences)
     assert 0 < sum(int(lab) for _, lab in doc_windows) < len(doc_windows)
+    joint_windows = make_windows(encoded, "joint", sequences)  # the same windows, each with both labels
+    assert len(joint_windows) == len(windows) == len(doc_windows)
+    for (ids, (token_labels, window_label)), (t_ids, t_labels), (d_ids, d_label) in zip(joint_windows, windows, doc_windows):
+        assert np.array_equal(ids, t_ids) and np.array_equal(ids, d_ids)
+        assert np.array_equal(token_labels, t_labels) and window_label == d_label
+        assert window_is_positive((token_labels, window_label)) == (window_is_positive(t_labels) or window_is_positive(d_label))
+
+
+def test_joint_loss_is_token_loss_plus_weighted_window_loss():
+    import torch
+
+    tokenizer = load_tokenizer(encoder_path() / "tokenizer.json")
+    sequences = WindowSequences.for_tokenizer(tokenizer, max_length=24, stride=6)
+    doc = {"text": "Rain fell on the hills. Acute appendicitis requires appendectomy. " * 3,
+           "meta": {"label_spans": [[24, 64]], "passages": [{"start": 24, "end": 66, "domain": "medicine"}]}}
+    windows = make_windows(encode_documents(tokenizer, [doc]), "joint", sequences)
+    model = build_model("joint", layers=1, seed=0).eval()  # eval: no dropout, so two forwards agree
+    batch = np.arange(len(windows))
+    rng = np.random.default_rng(0)
+    loss = training_loss(model, windows, batch, "joint", 0.0, rng).item()
+    ids, mask = pad_batch([w[0] for w in windows])
+    token_logits, doc_logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
+    labels = torch.full(ids.shape, IGNORE, dtype=torch.int64)
+    for row, (_, (token_labels, _)) in enumerate(windows):
+        labels[row, : len(token_labels)] = torch.from_numpy(token_labels)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(token_logits.reshape(-1, 2), labels.reshape(-1), ignore_index=IGNORE) + DOC_LOSS_WEIGHT * ce(
+        doc_logits, torch.tensor([w[1][1] for w in windows]))
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
 
 
 @settings(max_examples=40, deadline=None)

@@ -137,7 +137,7 @@ def test_every_flag_lands_in_its_setting(name):
 def test_train_classifier_without_max_steps_takes_the_tasks_default():
     from tokfilter.training.classifier.train import DEFAULT_MAX_STEPS, config_from_args
 
-    for task in ("token", "document"):
+    for task in ("token", "document", "joint"):
         assert config_from_args(parser_of("train-classifier").parse_args(["--task", task])).max_steps == DEFAULT_MAX_STEPS[task]
 
 
@@ -164,6 +164,19 @@ def test_build_corpus_flags_reach_the_manifest(tmp_path):
 def test_model_repo_flags_name_the_folders(tmp_path, capsys):
     assert main(["model-repo", "--models-dir", str(tmp_path / "no-models"), "--repo", str(tmp_path / "repo"), "--copy"]) == 2
     assert str(tmp_path / "no-models") in capsys.readouterr().err
+
+
+def test_model_repo_places_the_joint_model_by_default_and_the_pair_with_two_models(tiny_joint_model_dir, tmp_path, capsys):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_joint_model_dir, models / "joint_classifier")
+    assert main(["model-repo", "--models-dir", str(models), "--repo", str(tmp_path / "repo"), "--copy"]) == 0
+    for slot in ("token_classifier", "doc_classifier"):
+        assert json.loads((tmp_path / "repo" / slot / "1" / "tokfilter.json").read_text())["task"] == "joint"
+    capsys.readouterr()
+    assert main(["model-repo", "--models-dir", str(models), "--repo", str(tmp_path / "pair"), "--two-models"]) == 2
+    assert str(models / "token_classifier") in capsys.readouterr().err
 
 
 def test_pretrain_flags_are_validated_with_their_values(tmp_path, capsys):

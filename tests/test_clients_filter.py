@@ -1,6 +1,7 @@
 """`tokfilter filter` with in-process ONNX Runtime: formats, errors, cascade, kill and resume."""
 
 import gzip
+import importlib.util
 import json
 import os
 import signal
@@ -163,3 +164,40 @@ def test_killed_run_resumes_to_identical_bytes(tiny_corpus_dir, settings, tmp_pa
 
     subprocess.run(cli_args(settings, str(corpus), "--out", str(tmp_path / "killed"), "--resume"), check=True, capture_output=True)
     assert dir_bytes(tmp_path / "killed") == whole
+
+
+def test_joint_model_filters_in_one_pass_and_refuses_the_cascade(tiny_corpus_dir, settings, tiny_joint_model_dir, tmp_path):
+    """A joint token model scores tokens and documents itself (its doc_model setting unused): the
+    shards hold its document scores, the manifest records it for both roles, and --doc-prefilter,
+    which would skip nothing, is refused before any output."""
+    from tokfilter.identity import model_identity
+    from tokfilter.scoring import ScoringPipeline
+
+    joint = replace(settings, token_model=str(tiny_joint_model_dir), doc_model=str(tmp_path / "absent"))
+    run_local([str(tiny_corpus_dir / "test.jsonl")], tmp_path / "out", joint, show_progress=False)
+    manifest, docs = shard_docs(tmp_path / "out")
+    identity = model_identity(tiny_joint_model_dir, "fp32")
+    assert manifest["complete"] and manifest["token_model"] == manifest["doc_model"]
+    assert {k: v for k, v in manifest["token_model"].items() if k != "runs_on"} == identity
+    records = [json.loads(l) for l in (tiny_corpus_dir / "test.jsonl").read_text().splitlines()]
+    expected = ScoringPipeline.from_model_dirs(tiny_joint_model_dir).score([r["text"] for r in records])
+    for record, scores in zip(records, expected):
+        assert docs[record["id"]][2] == pytest.approx(scores.doc_score, abs=1e-5)
+    with pytest.raises(TokfilterError, match="--doc-prefilter needs a separate"):
+        run_local([str(tiny_corpus_dir / "test.jsonl")], tmp_path / "cascade", replace(joint, doc_prefilter=0.5), show_progress=False)
+    assert not (tmp_path / "cascade").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_filter_records_the_runtime_and_resume_refuses_another(tiny_corpus_dir, settings, tmp_path, capsys):
+    """The manifest says which engine and precision scored each model; a resumed run must run the
+    same ones (their scores differ in the last digits)."""
+    test_file = str(tiny_corpus_dir / "test.jsonl")
+    manifest = run_local([test_file], tmp_path / "ov", replace(settings, runtime="openvino", precision="fp32"), show_progress=False)
+    assert manifest["token_model"]["runs_on"] == manifest["doc_model"]["runs_on"] == "openvino fp32"
+    assert manifest["token_model"]["precision"] == "fp32"  # the identity names the model file
+    assert "[filter] token_model: openvino fp32 (openvino asked for)" in capsys.readouterr().err
+    with pytest.raises(TokfilterError, match="scored token_model on openvino fp32, this one would run onnxruntime fp32"):
+        run_local([test_file], tmp_path / "ov", settings, resume=True, show_progress=False)
+    with pytest.raises(TokfilterError, match="--runtime must be one of"):
+        run_local([test_file], tmp_path / "o", replace(settings, runtime="tensorrt"), show_progress=False)

@@ -47,7 +47,7 @@ def fresh_venv(venv: Path, wheel: Path) -> Path:
     return site
 
 
-def test_wheel_filters_and_serves_from_its_own_working_directory(tiny_corpus_dir, tiny_models_dir, tmp_path):
+def test_wheel_filters_and_serves_from_its_own_working_directory(tiny_corpus_dir, tiny_joint_model_dir, tmp_path):
     src = source_tree(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), str(src)], check=True)
@@ -55,9 +55,8 @@ def test_wheel_filters_and_serves_from_its_own_working_directory(tiny_corpus_dir
     site = fresh_venv(tmp_path / "venv", wheel)
     bin_dir = tmp_path / "venv" / "bin"
 
-    work = tmp_path / "work"  # a working directory with the default artifacts/ layout
-    for model in ("token_classifier", "doc_classifier"):
-        shutil.copytree(tiny_models_dir / model, work / "artifacts" / "models" / model)
+    work = tmp_path / "work"  # a working directory with the default artifacts/ layout, holding only the joint model
+    shutil.copytree(tiny_joint_model_dir, work / "artifacts" / "models" / "joint_classifier")
     train_target_tokenizer(corpus_texts([str(tiny_corpus_dir / "test.jsonl")]), work / "artifacts" / "target_tokenizer" / "tokenizer.json", 400)
     lines = (tiny_corpus_dir / "test.jsonl").read_text().splitlines(keepends=True)[:8]
     (work / "docs.jsonl").write_text("".join(lines))
@@ -78,6 +77,7 @@ def test_wheel_filters_and_serves_from_its_own_working_directory(tiny_corpus_dir
     run(str(bin_dir / "tokfilter"), "filter", "docs.jsonl", "--out", "shards", "--no-progress")
     manifest = json.loads((work / "shards" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["counts"]["docs"] == len(lines)
+    assert manifest["token_model"]["model_name"] == manifest["doc_model"]["model_name"] == "joint_classifier"
 
     run(str(bin_dir / "tokfilter"), "model-repo")
     for model in ("token_classifier", "doc_classifier", "filter_text"):

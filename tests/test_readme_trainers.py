@@ -24,18 +24,16 @@ def section_blocks(title: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_masks_in_your_trainer_examples_run_as_written(tiny_corpus_dir, tiny_models_dir, tiny_target_tokenizer, tmp_path):
+def test_masks_in_your_trainer_examples_run_as_written(tiny_corpus_dir, tiny_joint_model_dir, tiny_target_tokenizer, tmp_path):
     artifacts = tmp_path / "artifacts"
     (artifacts / "corpus").mkdir(parents=True)
     (artifacts / "corpus" / "test.jsonl").write_text((tiny_corpus_dir / "test.jsonl").read_text())
     (artifacts / "models").mkdir()
-    for name in ("token_classifier", "doc_classifier"):
-        (artifacts / "models" / name).symlink_to(tiny_models_dir / name)
+    (artifacts / "models" / "joint_classifier").symlink_to(tiny_joint_model_dir)  # the default model, alone
     (artifacts / "target_tokenizer").mkdir()
     tokenizer = artifacts / "target_tokenizer" / "tokenizer.json"
     shutil.copy(tiny_target_tokenizer, tokenizer)
-    settings = FilterSettings(token_model=str(artifacts / "models" / "token_classifier"),
-                              doc_model=str(artifacts / "models" / "doc_classifier"), target_tokenizer=str(tokenizer), threads=1)
+    settings = FilterSettings(token_model=str(artifacts / "models" / "joint_classifier"), target_tokenizer=str(tokenizer), threads=1)
     run_local([str(artifacts / "corpus" / "test.jsonl")], artifacts / "shards" / "train", settings, show_progress=False)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = {**os.environ, "TOKFILTER_ARTIFACTS": str(artifacts)}

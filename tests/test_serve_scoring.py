@@ -94,6 +94,63 @@ def test_windowed_scores_equal_unwindowed_for_position_free_scorer(tokenizer, te
         assert 0.0 <= res.doc_score <= 1.0
 
 
+def joint_scorer(input_ids, attention_mask):
+    """A joint scorer made of the two position-free scorers above: one call, both outputs."""
+    return id_scorer(input_ids, attention_mask), first_token_doc_scorer(input_ids, attention_mask)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.lists(words, max_size=120).map(" ".join), min_size=1, max_size=5),
+    st.integers(8, 40),
+    st.integers(16, 512),
+)
+def test_joint_model_scores_as_the_two_models_it_combines(tokenizer, texts, max_length, budget):
+    """One joint call per window batch gives the token scores of its token part and the document
+    score (max over windows) of its document part, on the joint model's windows."""
+    stride = max_length // 3
+    calls = []
+
+    def counted_joint_scorer(ids, mask):
+        calls.append(ids.shape)
+        return joint_scorer(ids, mask)
+
+    joint = ScoringPipeline(tokenizer, ScoredModel(counted_joint_scorer, max_length, stride, joint=True), 0.5, max_batch_tokens=budget)
+    pair = ScoringPipeline(tokenizer, ScoredModel(id_scorer, max_length, stride), 0.5,
+                           doc_model=ScoredModel(first_token_doc_scorer, max_length, stride), max_batch_tokens=budget)
+    for a, b in zip(joint.score(texts), pair.score(texts)):
+        np.testing.assert_array_equal(a.token_probs, b.token_probs)
+        assert a.doc_score == b.doc_score and a.spans == b.spans
+    n_calls = len(calls)
+    np.testing.assert_array_equal(joint.score_documents(texts), pair.score_documents(texts))
+    assert len(calls) == 2 * n_calls and joint.scores_documents
+
+
+def test_joint_model_takes_no_separate_document_model(tiny_joint_model_dir, tiny_models_dir, tokenizer):
+    """From directories, a joint token model scores documents with its own head (the document
+    model directory is unused); given both models in code, the pipeline refuses the conflict."""
+    pipeline = ScoringPipeline.from_model_dirs(tiny_joint_model_dir, tiny_models_dir / "doc_classifier")
+    assert pipeline.token_model.joint and pipeline.doc_model is None
+    with pytest.raises(TokfilterError, match="joint model"):
+        ScoringPipeline(tokenizer, ScoredModel(joint_scorer, 32, 8, joint=True), 0.5,
+                        doc_model=ScoredModel(first_token_doc_scorer, 32, 8))
+
+
+def test_exported_joint_model_scores_both_heads_in_one_call(tiny_joint_model_dir):
+    """From its directory, the joint export gives token and document scores; a document that fits
+    one window gets exactly that window's two outputs of one ONNX Runtime call."""
+    pipeline = ScoringPipeline.from_model_dirs(tiny_joint_model_dir)
+    assert pipeline.token_model.joint and pipeline.doc_model is None
+    text = "The patient received insulin for diabetes while the cell divided."
+    (result,) = pipeline.score([text])
+    ids = np.asarray([pipeline.tokenizer.encode(text).ids], dtype=np.int64)
+    token_probs, doc_probs = OnnxWindowScorer(tiny_joint_model_dir)(ids, np.ones_like(ids))
+    np.testing.assert_allclose(result.token_probs, token_probs[0, 1:-1], atol=1e-5)
+    assert result.doc_score == pytest.approx(float(doc_probs[0]), abs=1e-5)
+    long = pipeline.score(["Insulin lowers blood glucose. " * 40])[0]
+    assert len(long.token_ids) > 64 and 0 <= long.doc_score <= 1  # several windows
+
+
 def test_onnx_scores_do_not_depend_on_batching_or_concurrency(tiny_models_dir):
     texts = ["", "Insulin lowers blood glucose. " * 80, "A cell divides.", "\ud800 odd \u0000 text 🧬"]
     serial = ScoringPipeline.from_model_dirs(
@@ -245,3 +302,18 @@ def test_regrouped_requests_score_as_each_window_alone(requests, per_token, budg
                 assert out[i, 0] == expected
     for rows, width in calls:
         assert rows * width <= budget or rows == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 30)), min_size=1, max_size=5), st.integers(8, 120), st.randoms(use_true_random=False))
+def test_regrouped_joint_requests_equal_each_head_alone(requests, budget, rnd):
+    """A joint scorer's two outputs per request equal what its token and document parts give alone."""
+    ids = [np.array([[rnd.randrange(1, 1000) for _ in range(w)] for _ in range(n)], dtype=np.int64) for n, w in requests]
+    masks = [np.tril(np.ones_like(a))[: a.shape[0]] if a.shape[0] <= a.shape[1] else np.ones_like(a) for a in ids]
+    token, _ = row_local_scorer(True)
+    doc, _ = row_local_scorer(False)
+    joint = score_window_requests(lambda i, m: (token(i, m), doc(i, m)), ids, masks, True, budget, joint=True)
+    alone = zip(score_window_requests(token, ids, masks, True, budget), score_window_requests(doc, ids, masks, False, budget))
+    for (jt, jd), (t, d) in zip(joint, alone):
+        np.testing.assert_array_equal(jt, t)
+        np.testing.assert_array_equal(jd, d)

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("tokfilter.training.corpus.label", "weak labels for your own corpus, in the corpus format train-classifier reads"),
     "train-classifier": ("tokfilter.training.classifier.train", "train, calibrate and export a classifier to ONNX"),
     "eval-classifier": ("tokfilter.training.classifier.evaluate", "evaluate the exported classifiers on the test split"),
+    "check-engine": ("tokfilter.training.classifier.check_engine", "parity of an engine/precision with ONNX Runtime fp32 (token F1, max prob difference)"),
     "model-repo": ("tokfilter.server.model_repo", "place the exported models into the Triton model repository"),
     "serve": ("tokfilter.server.serve", "start Triton and the REST gateway"),
     "train-tokenizer": ("tokfilter.training.pretrain.tokenizer", "train the BPE tokenizer used for pretraining"),

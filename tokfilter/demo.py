@@ -68,11 +68,10 @@ def build_missing(size: str) -> None:
         skip("corpus", paths.CORPUS_DIR)
     else:
         run_step(["build-corpus", "--size", size])
-    for task, model_dir in (("token", paths.TOKEN_MODEL_DIR), ("document", paths.DOC_MODEL_DIR)):
-        if (model_dir / "model.int8.onnx").exists():
-            skip(f"{task} classifier", model_dir)
-        else:
-            run_step(["train-classifier", "--task", task])
+    if (paths.JOINT_MODEL_DIR / "model.int8.onnx").exists():
+        skip("joint classifier", paths.JOINT_MODEL_DIR)
+    else:  # one encoder with token and document heads: every later step scores both from one pass
+        run_step(["train-classifier", "--task", "joint"])
     run_step(["eval-classifier"])
     if paths.TARGET_TOKENIZER.exists():
         skip("target tokenizer", paths.TARGET_TOKENIZER)

@@ -9,6 +9,8 @@ from pathlib import Path
 from tokfilter.errors import TokfilterError
 
 CARD_FILE = "tokfilter.json"
+# The served window-score output of a joint model, beside its per-token ``forget_prob``, from one run.
+JOINT_DOC_OUTPUT = "doc_forget_prob"
 
 
 @dataclass
@@ -16,13 +18,17 @@ class ModelCard:
     """Metadata saved next to ``model.onnx``.
 
     ``output`` says what the ONNX graph returns: ``"logits"`` of shape [batch, seq, 2] for the token
-    model and [batch, 2] for the document model; class 1 (``labels[1]``) is the forget domain.
+    model and [batch, 2] for the document model; a joint model (``task`` "joint": one encoder, both
+    heads) returns ``"logits"`` [batch, seq, 2] and ``"doc_logits"`` [batch, 2]. Class 1
+    (``labels[1]``) is the forget domain. ``threshold`` and ``threshold_recall95`` belong to the
+    model's own head (the token head of a joint model); ``doc_threshold`` and
+    ``doc_threshold_recall95`` to a joint model's document head (None otherwise).
     ``max_length`` counts the special tokens; ``stride`` is the overlap, in tokens, between
     consecutive windows of a long document.
     """
 
     name: str
-    task: str  # "token" or "document"
+    task: str  # "token", "document" or "joint"
     labels: list[str]
     output: str
     max_length: int
@@ -34,6 +40,13 @@ class ModelCard:
     encoder: str = ""
     num_layers: int = 0
     extra: dict = field(default_factory=dict)
+    doc_threshold: float | None = None
+    doc_threshold_recall95: float | None = None
+
+    @property
+    def joint(self) -> bool:
+        """Whether one pass of this model gives both token and document scores."""
+        return self.task == "joint"
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / CARD_FILE

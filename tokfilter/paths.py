@@ -25,6 +25,7 @@ CORPUS_DIR = ARTIFACTS / "corpus"
 MODELS_DIR = ARTIFACTS / "models"
 TOKEN_MODEL_DIR = MODELS_DIR / "token_classifier"
 DOC_MODEL_DIR = MODELS_DIR / "doc_classifier"
+JOINT_MODEL_DIR = MODELS_DIR / "joint_classifier"  # one encoder, token and document heads
 TARGET_TOKENIZER = ARTIFACTS / "target_tokenizer" / "tokenizer.json"
 SHARDS_DIR = ARTIFACTS / "shards"
 RUNS_DIR = ARTIFACTS / "runs"

@@ -8,8 +8,11 @@ length so that a batch pads little -> call a *window scorer* -> stitch -> charac
 probabilities and spans.
 
 A window scorer is any callable ``(input_ids [B, S], attention_mask [B, S]) -> probs``: ``[B, S]``
-p(forget) per position for the token model, ``[B]`` for the document model. That is all a backend
-has to provide (``OnnxWindowScorer``, a Triton gRPC call, ...).
+p(forget) per position for the token model, ``[B]`` for the document model, and both as a pair
+``([B, S], [B])`` for a joint model (one encoder, two heads: ``ScoredModel.joint``), which gives
+token and document scores from one call per window batch. That is all a backend has to provide
+(``tokfilter.engines.make_window_scorer``'s engines, a Triton gRPC call, ...;
+``tokfilter.inference.window_probabilities`` turns any engine's raw outputs into this).
 
 Document score of a long document: the highest window score (a document is as "forget" as its most
 forget-like window), so a long document is never judged on its first window only.
@@ -27,16 +30,24 @@ from tokenizers import Tokenizer
 
 from tokfilter.errors import TokfilterError
 from tokfilter.modelcard import ModelCard, load_model_card
+from tokfilter.piece_cache import PieceCachedEncoder
 from tokfilter.windows import (
     Span,
     Window,
     WindowSequences,
     char_probabilities,
+    char_probabilities_batch,
     load_tokenizer,
     pad_batch,
+    reference_pad_batch,
+    reference_spans_from_char_probs,
+    segment_starts,
+    spans_batch,
     special_tokens,
-    spans_from_char_probs,
+    split_segments,
     stitch_window_scores,
+    stitch_windows,
+    window_batch,
 )
 
 WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -100,15 +111,27 @@ class EncodedText:
 
 @dataclass(frozen=True)
 class ScoredModel:
-    """A window scorer with the windowing its model was trained for."""
+    """A window scorer with the windowing its model was trained for; ``joint``: its scorer returns
+    (token probs, window probs)."""
 
     scorer: WindowScorer
     max_length: int
     stride: int
+    joint: bool = False
 
     @classmethod
     def from_card(cls, scorer: WindowScorer, card: ModelCard) -> "ScoredModel":
-        return cls(scorer, card.max_length, card.stride)
+        return cls(scorer, card.max_length, card.stride, card.joint)
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """A document's windows and, per window, its content-token probabilities and its window score
+    (None where the model has no such head)."""
+
+    windows: list[Window]
+    token_probs: list
+    doc_probs: list
 
 
 def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
@@ -117,6 +140,24 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     Items are taken longest first, so each batch holds similar lengths and pads little. An item
     longer than the budget gets a batch of its own.
     """
+    if max_batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[list[int]] = []
+    width = count = 0
+    for i, length in zip(order.tolist(), lengths[order].tolist()):
+        if batches and count < max_batch_size and (count + 1) * width <= max_batch_tokens:
+            batches[-1].append(i)
+            count += 1
+        else:
+            batches.append([i])
+            width, count = length, 1
+    return batches
+
+
+def reference_plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """``plan_batches`` with a Python sort and lookups per item."""
     if max_batch_tokens < 1 or max_batch_size < 1:
         raise ValueError(f"max_batch_tokens and max_batch_size must be >= 1, got {max_batch_tokens}, {max_batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -132,28 +173,32 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     return batches
 
 
-def score_window_requests(scorer: WindowScorer, ids: list[np.ndarray], masks: list[np.ndarray], per_token: bool, max_batch_tokens: int) -> list[np.ndarray]:
+def score_window_requests(scorer: WindowScorer, ids: list[np.ndarray], masks: list[np.ndarray], per_token: bool, max_batch_tokens: int,
+                          joint: bool = False) -> list:
     """Score the windows of several requests (``ids[r]``, ``masks[r]``: [n_r, width_r]) in
     length-sorted sub-batches of at most ``max_batch_tokens`` padded tokens.
 
     Returns per request float32 [n_r, width_r] for a token model (0 past a window's last attended
-    token) or [n_r, 1] for a document model. A window is cut after its last attended position, so
-    a mask with holes keeps them.
+    token) or [n_r, 1] for a document model; for a ``joint`` model (scorer returns both), the pair
+    ([n_r, width_r], [n_r, 1]). A window is cut after its last attended position, so a mask with
+    holes keeps them.
     """
     rows = [(r, i) for r, a in enumerate(ids) for i in range(a.shape[0])]
     lengths = [int(np.flatnonzero(masks[r][i]).max(initial=0)) + 1 for r, i in rows]
-    outputs = [np.zeros(a.shape if per_token else (a.shape[0], 1), dtype=np.float32) for a in ids]
+    heads = (True, False) if joint else (per_token,)  # per head: per token?
+    outputs = [[np.zeros(a.shape if tok else (a.shape[0], 1), dtype=np.float32) for a in ids] for tok in heads]
     for batch in plan_batches(lengths, max_batch_tokens, max(len(rows), 1)):
         batch_ids, _ = pad_batch([ids[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])
         batch_masks, _ = pad_batch([masks[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])  # padded with 0
         probs = scorer(batch_ids, batch_masks)
-        for row, k in enumerate(batch):
-            r, i = rows[k]
-            if per_token:
-                outputs[r][i, : lengths[k]] = probs[row, : lengths[k]]
-            else:
-                outputs[r][i, 0] = probs[row]
-    return outputs
+        for tok, out, head_probs in zip(heads, outputs, probs if joint else (probs,)):
+            for row, k in enumerate(batch):
+                r, i = rows[k]
+                if tok:
+                    out[r][i, : lengths[k]] = head_probs[row, : lengths[k]]
+                else:
+                    out[r][i, 0] = head_probs[row]
+    return list(zip(*outputs)) if joint else outputs[0]
 
 
 def safe_text(text: str) -> str:
@@ -177,7 +222,8 @@ def hide_spans(text: str, spans: Sequence[Span], hidden: str = HIDDEN_TOKEN) -> 
 
 class ScoringPipeline:
     """Tokenize, window, batch, score and stitch documents with a token model and an optional
-    document model sharing one tokenizer.
+    document model sharing one tokenizer, or with one joint model (``token_model.joint``), which
+    gives both scores from one pass.
 
     ``executor``: when given, batches are scored concurrently on it (its worker count bounds the
     requests in flight, e.g. to a remote server); otherwise in the calling thread.
@@ -200,7 +246,10 @@ class ScoringPipeline:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.executor = executor
+        self.encoder = PieceCachedEncoder(tokenizer)
         self.prefix, self.suffix = special_tokens(tokenizer)
+        if token_model.joint and doc_model is not None:
+            raise TokfilterError("a joint model scores documents itself: give no separate document model with it")
         for model in filter(None, (token_model, doc_model)):
             self.windows_of(model)  # refuses a max_length without room for content
 
@@ -213,16 +262,17 @@ class ScoringPipeline:
         **kwargs,
     ) -> "ScoringPipeline":
         """Pipeline over exported model directories; ``make_scorer(model_dir)`` builds each model's
-        scorer (default: in-process ONNX Runtime, fp32)."""
+        scorer (default: in process on the engine ``auto`` picks, ``tokfilter.engines``). A joint
+        ``token_dir`` scores documents with its own document head: ``doc_dir`` is then unused."""
         if make_scorer is None:
-            from tokfilter.inference import OnnxWindowScorer
+            from tokfilter.engines import make_window_scorer
 
-            make_scorer = OnnxWindowScorer
+            make_scorer = make_window_scorer
         token_dir = Path(token_dir)
         token_card = load_model_card(token_dir)
         tokenizer = load_tokenizer(token_dir / "tokenizer.json")
         doc_model = None
-        if doc_dir is not None:
+        if doc_dir is not None and not token_card.joint:
             doc_dir = Path(doc_dir)
             check_same_tokenizer(token_dir, doc_dir)
             doc_model = ScoredModel.from_card(make_scorer(doc_dir), load_model_card(doc_dir))
@@ -231,35 +281,40 @@ class ScoringPipeline:
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Content tokens and code-point offsets of each text, without truncation."""
-        encodings = self.tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
-        return [
-            EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
-            for e in encodings
-        ]
+        ids, offsets, counts = self.encoder.encode([safe_text(t) for t in texts])
+        return [EncodedText(i, o) for i, o in zip(split_segments(ids, counts), split_segments(offsets, counts))]
 
     def score(self, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
         """Scores of each text: token probabilities, character probabilities, spans, document score."""
         threshold = self.threshold if threshold is None else threshold
         encoded = self.encode(texts)
-        token_scores = self._score_windows(self.token_model, encoded, per_token=True)
-        doc_scores = self._score_windows(self.doc_model, encoded, per_token=False) if self.doc_model else None
-        results = []
-        for i, (text, enc) in enumerate(zip(texts, encoded)):
-            windows, window_probs = token_scores[i]
-            probs = stitch_window_scores(len(enc.ids), windows, window_probs)
-            chars = char_probabilities(enc.offsets, probs, len(text))
-            doc_score = float(max(doc_scores[i][1])) if doc_scores else None
-            results.append(
-                DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars, spans_from_char_probs(chars, threshold), threshold)
-            )
-        return results
+        token_probs, doc_scores = self._score_windows(self.token_model, encoded, per_token=True)
+        if self.doc_model is not None:
+            _, doc_scores = self._score_windows(self.doc_model, encoded, per_token=False)
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        char_counts = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        offsets = np.concatenate([e.offsets for e in encoded]) if encoded else np.zeros((0, 2), np.int64)
+        chars = char_probabilities_batch(offsets, token_probs, token_counts, char_counts)
+        spans = spans_batch(chars, char_counts, threshold)
+        doc_probs, doc_chars = split_segments(token_probs, token_counts), split_segments(chars, char_counts)
+        return [
+            DocumentScores(None if doc_scores is None else float(doc_scores[i]), enc.ids, enc.offsets, doc_probs[i],
+                           doc_chars[i], spans[i], threshold)
+            for i, enc in enumerate(encoded)
+        ]
+
+    @property
+    def scores_documents(self) -> bool:
+        """Whether ``score`` gives document scores (a document model, or a joint model)."""
+        return self.doc_model is not None or self.token_model.joint
 
     def score_documents(self, texts: Sequence[str]) -> np.ndarray:
-        """Document scores only (the cheap first pass), float32 [len(texts)]."""
-        if self.doc_model is None:
+        """Document scores only, float32 [len(texts)]: the cheap first pass of a separate document
+        model; a joint model runs its whole pass (no cheaper)."""
+        if not self.scores_documents:
             raise TokfilterError("this pipeline has no document model")
-        scored = self._score_windows(self.doc_model, self.encode(texts), per_token=False)
-        return np.asarray([max(probs) for _, probs in scored], dtype=np.float32)
+        model = self.token_model if self.token_model.joint else self.doc_model
+        return self._score_windows(model, self.encode(texts), per_token=False)[1]
 
     def windows_of(self, model: ScoredModel) -> WindowSequences:
         """How ``model``'s inputs are cut from a document: its windowing and this tokenizer's special tokens."""
@@ -276,29 +331,102 @@ class ScoringPipeline:
 
     def _score_windows(
         self, model: ScoredModel, encoded: list[EncodedText], per_token: bool
-    ) -> list[tuple[list[Window], list]]:
-        """Windows of each document and, for each window, its content-token scores (``per_token``)
-        or its window score."""
-        windows = self.windows_of(model)
-        plans, items, sequences = self.window_inputs(model, encoded)
-        batches = plan_batches([len(s) for s in sequences], self.max_batch_tokens, self.max_batch_size)
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(The buffer's per-token scores, concatenated in document order, when ``per_token``;
+        each document's score, the highest of its windows', from a document or joint model), both
+        from one ``model`` call per window batch."""
+        sequences = self.windows_of(model)
+        token_counts = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
+        token_starts = segment_starts(token_counts)
+        ids = np.concatenate([e.ids for e in encoded]) if encoded else np.zeros(0, np.int64)
+        plan = sequences.plan_batch(token_counts)
+        lengths = plan.end - plan.start + len(self.prefix) + len(self.suffix)
+        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
 
-        def run(batch: list[int]) -> np.ndarray:
-            ids, mask = pad_batch([sequences[i] for i in batch])
-            return np.asarray(model.scorer(ids, mask), dtype=np.float32)
+        def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+            """(token probs [B, S] or None, window probs [B] or None) of a batch."""
+            return batch_heads(model, per_token, model.scorer(*window_batch(sequences, ids, token_starts, plan, batch)), len(batch))
 
         outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
-        window_out: list = [None] * len(items)
-        for batch, probs in zip(batches, outputs):
-            for row, i in enumerate(batch):
-                if per_token:
-                    window_out[i] = windows.content(probs[row], items[i][1])
-                else:
-                    window_out[i] = float(np.ravel(probs[row])[0])
-        result: list[tuple[list[Window], list]] = [(plan, []) for plan in plans]
-        for (d, _), out in zip(items, window_out):
-            result[d][1].append(out)
-        return result
+        token_probs = np.zeros(len(ids), dtype=np.float32) if per_token else None
+        doc_scores = np.full(len(encoded), -np.inf, dtype=np.float32) if model.joint or not per_token else None
+        for batch, (batch_tokens, batch_docs) in zip(batches, outputs):
+            if token_probs is not None:
+                stitch_windows(token_probs, token_starts, plan, batch, batch_tokens, len(self.prefix))
+            if doc_scores is not None:
+                np.maximum.at(doc_scores, plan.doc[batch], batch_docs)
+        return token_probs, doc_scores
+
+
+def batch_heads(model: ScoredModel, per_token: bool, out, batch_size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A window scorer's output for a batch as (token probs [B, S] or None, window probs [B] or
+    None): a joint model gives both, a token model the first, a document model the second."""
+    if model.joint:
+        return np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.float32).reshape(-1)
+    out = np.asarray(out, dtype=np.float32)
+    return (out, None) if per_token else (None, out.reshape(batch_size, -1)[:, 0])
+
+
+# ------------------------------------------------------------------------------------- references
+# Today's simple forms of the pipeline's steps (one document, one window at a time): the baseline of
+# the property tests (tests/test_client_fast.py) and of benchmarks/client.py.
+
+
+def reference_encode_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[EncodedText]:
+    """``ScoringPipeline.encode`` with the library's ``encode_batch``, one encoding at a time."""
+    encodings = tokenizer.encode_batch([safe_text(t) for t in texts], add_special_tokens=False)
+    return [
+        EncodedText(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
+        for e in encodings
+    ]
+
+
+def reference_score_windows(
+    pipeline: ScoringPipeline, model: ScoredModel, encoded: list[EncodedText], per_token: bool
+) -> list[WindowScores]:
+    """Windows of each document and, for each window, its content-token scores (``per_token``:
+    a token model's, or a joint model's) and its window score (a document or joint model's)."""
+    windows = pipeline.windows_of(model)
+    plans, items, sequences = pipeline.window_inputs(model, encoded)
+    batches = reference_plan_batches([len(s) for s in sequences], pipeline.max_batch_tokens, pipeline.max_batch_size)
+
+    def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        ids, mask = reference_pad_batch([sequences[i] for i in batch])
+        return batch_heads(model, per_token, model.scorer(ids, mask), len(batch))
+
+    outputs = pipeline.executor.map(run, batches) if pipeline.executor else map(run, batches)
+    token_out: list = [None] * len(items)
+    doc_out: list = [None] * len(items)
+    for batch, (token_probs, doc_probs) in zip(batches, outputs):
+        for row, i in enumerate(batch):
+            if token_probs is not None:
+                token_out[i] = windows.content(token_probs[row], items[i][1])
+            if doc_probs is not None:
+                doc_out[i] = float(doc_probs[row])
+    result = [WindowScores(plan, [], []) for plan in plans]
+    for (d, _), tok, doc in zip(items, token_out, doc_out):
+        result[d].token_probs.append(tok)
+        result[d].doc_probs.append(doc)
+    return result
+
+
+def reference_score(pipeline: ScoringPipeline, texts: Sequence[str], threshold: float | None = None) -> list[DocumentScores]:
+    """``ScoringPipeline.score`` one document, one window at a time."""
+    threshold = pipeline.threshold if threshold is None else threshold
+    encoded = reference_encode_texts(pipeline.tokenizer, texts)
+    token_scores = reference_score_windows(pipeline, pipeline.token_model, encoded, per_token=True)
+    if pipeline.token_model.joint:
+        doc_scores = token_scores
+    else:
+        doc_scores = reference_score_windows(pipeline, pipeline.doc_model, encoded, per_token=False) if pipeline.doc_model else None
+    results = []
+    for i, (text, enc) in enumerate(zip(texts, encoded)):
+        probs = stitch_window_scores(len(enc.ids), token_scores[i].windows, token_scores[i].token_probs)
+        chars = char_probabilities(enc.offsets, probs, len(text))
+        doc_score = float(max(doc_scores[i].doc_probs)) if doc_scores else None
+        results.append(DocumentScores(doc_score, enc.ids, enc.offsets, probs, chars,
+                                      reference_spans_from_char_probs(chars, threshold), threshold))
+    return results
 
 
 def check_same_tokenizer(token_dir: Path, doc_dir: Path) -> None:

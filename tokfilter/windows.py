@@ -106,6 +106,10 @@ class WindowSequences:
         """The windows of a document of ``n_tokens`` content tokens (``plan_windows``)."""
         return plan_windows(n_tokens, self.max_content, min(self.stride, self.max_content - 1))
 
+    def plan_batch(self, n_tokens: np.ndarray) -> "WindowPlan":
+        """The windows of a buffer of documents of ``n_tokens`` content tokens (``plan_windows_batch``)."""
+        return plan_windows_batch(n_tokens, self.max_content, min(self.stride, self.max_content - 1))
+
     def sequence(self, ids: np.ndarray, window: Window) -> np.ndarray:
         """The int64 model input of ``window`` of a document's content ``ids``."""
         return np.concatenate([self.prefix, ids[window.start : window.end], self.suffix]).astype(np.int64)
@@ -158,6 +162,12 @@ def char_probabilities(offsets: np.ndarray, token_probs: np.ndarray, n_chars: in
 
 def spans_from_char_probs(char_probs: np.ndarray, threshold: float) -> list[Span]:
     """Maximal runs of characters with probability >= ``threshold`` (compared in float32)."""
+    (spans,) = spans_batch(np.asarray(char_probs), np.array([len(char_probs)]), threshold)
+    return spans
+
+
+def reference_spans_from_char_probs(char_probs: np.ndarray, threshold: float) -> list[Span]:
+    """``spans_from_char_probs`` one span at a time: the baseline of its tests and benchmark."""
     flagged = np.asarray(char_probs, dtype=np.float32) >= np.float32(threshold)
     if not flagged.any():
         return []
@@ -179,6 +189,16 @@ def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad id sequences to the longest with 0; returns int64 ``input_ids`` and
     ``attention_mask``. The mask keeps padded positions out of attention, so the pad id changes no
     output (any tokenizer's [PAD] would do as well as 0)."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    mask = np.arange(lengths.max(initial=0)) < lengths[:, None]
+    ids = np.zeros(mask.shape, dtype=np.int64)
+    if len(sequences):
+        ids[mask] = np.concatenate(sequences)  # row-major: each row's ids, in order
+    return ids, mask.astype(np.int64)
+
+
+def reference_pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``pad_batch`` one row at a time: the baseline of its tests and benchmark."""
     width = max((len(s) for s in sequences), default=0)
     ids = np.zeros((len(sequences), width), dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
@@ -186,3 +206,151 @@ def pad_batch(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+# ------------------------------------------------------------------------------------ batched forms
+# A buffer of documents as flat arrays: each document's tokens (or characters) one after the other,
+# document d's at ``segment_starts(counts)[d]``. One numpy pass per buffer replaces one pass (of tens
+# of small numpy calls) per document; the per-document functions above are their reference.
+
+
+def segment_starts(counts: np.ndarray) -> np.ndarray:
+    """Where each of consecutive segments of ``counts`` items starts in their concatenation."""
+    counts = np.asarray(counts, dtype=np.int64)
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
+
+
+def split_segments(array: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """Views of ``array``'s consecutive segments of ``counts`` items (one per count, even none)."""
+    return np.split(array, segment_starts(counts)[1:]) if len(counts) else []
+
+
+def segment_ids(counts: np.ndarray) -> np.ndarray:
+    """The segment index of every item of the concatenation."""
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of a buffer of documents, one entry per window, in document order (the arrays
+    of ``plan_windows``' ``Window`` fields, with each window's document index)."""
+
+    doc: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    keep_start: np.ndarray
+    keep_end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+
+def plan_windows_batch(n_tokens: np.ndarray, max_content: int, stride: int) -> WindowPlan:
+    """``plan_windows`` of every document of a buffer, as one ``WindowPlan``."""
+    plan_windows(0, max_content, stride)  # the same checks of max_content and stride
+    n = np.asarray(n_tokens, dtype=np.int64)
+    step = max_content - stride
+    count = np.where(n > max_content, -(-(n - max_content) // step) + 1, 1)
+    doc = segment_ids(count)
+    k = np.arange(len(doc)) - segment_starts(count)[doc]  # window index within its document
+    last = k == count[doc] - 1
+    n_doc = n[doc]
+    start = np.where(last, np.maximum(n_doc - max_content, 0), k * step)
+    end = np.minimum(start + max_content, n_doc)
+    keep_start = np.zeros(len(doc), dtype=np.int64)
+    later = np.flatnonzero(k > 0)
+    keep_start[later] = (start[later] + end[later - 1]) // 2
+    keep_end = np.empty(len(doc), dtype=np.int64)
+    keep_end[:-1] = keep_start[1:]
+    keep_end[last] = n_doc[last]
+    return WindowPlan(doc, start, end, keep_start, keep_end)
+
+
+def window_batch(sequences: WindowSequences, ids: np.ndarray, token_starts: np.ndarray, plan: WindowPlan,
+                 rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pad_batch`` of the model inputs (``WindowSequences.sequence``) of windows ``rows`` of
+    ``plan``, gathered from the buffer's flat content ``ids`` (document d's at ``token_starts[d]``)."""
+    n_prefix, n_suffix = len(sequences.prefix), len(sequences.suffix)
+    rows = np.asarray(rows, dtype=np.int64)
+    content = plan.end[rows] - plan.start[rows]
+    lengths = content + n_prefix + n_suffix
+    position = np.arange(lengths.max(initial=0)) - n_prefix  # content index of each column
+    is_content = (position >= 0) & (position < content[:, None])
+    source = (token_starts[plan.doc[rows]] + plan.start[rows])[:, None] + position
+    input_ids = np.zeros(is_content.shape, dtype=np.int64)
+    input_ids[is_content] = ids[source[is_content]]
+    input_ids[:, :n_prefix] = sequences.prefix
+    for j, token in enumerate(sequences.suffix):
+        input_ids[np.arange(len(rows)), n_prefix + content + j] = token
+    mask = (position + n_prefix < lengths[:, None]).astype(np.int64)
+    return input_ids, mask
+
+
+def stitch_windows(out: np.ndarray, token_starts: np.ndarray, plan: WindowPlan, rows: np.ndarray,
+                   per_position: np.ndarray, n_prefix: int) -> None:
+    """Write into the buffer's flat per-token ``out`` the scores each window of ``rows`` keeps
+    (``stitch_window_scores``), read from its model output row ``per_position`` [len(rows), S]
+    whose content starts at column ``n_prefix``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    content = plan.end[rows] - plan.start[rows]
+    if len(rows) and per_position.shape[1] < n_prefix + content.max():
+        raise ValueError(f"window outputs have {per_position.shape[1]} positions, fewer than {n_prefix} + {content.max()} tokens")
+    keep = plan.keep_end[rows] - plan.keep_start[rows]
+    row = segment_ids(keep)
+    j = np.arange(len(row)) - segment_starts(keep)[row]  # position within the kept tokens
+    keep_start = plan.keep_start[rows][row]
+    column = n_prefix + keep_start - plan.start[rows][row] + j
+    out[token_starts[plan.doc[rows]][row] + keep_start + j] = per_position[row, column]
+
+
+def char_probabilities_batch(offsets: np.ndarray, token_probs: np.ndarray, token_counts: np.ndarray,
+                             char_counts: np.ndarray) -> np.ndarray:
+    """``char_probabilities`` of every document of a buffer, concatenated: ``offsets`` [N, 2] (each
+    document's own) and ``token_probs`` [N] of all tokens, ``token_counts`` [D], ``char_counts`` [D]."""
+    char_counts = np.asarray(char_counts, dtype=np.int64)
+    char_starts = segment_starts(char_counts)
+    total = int(char_counts.sum())
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    lengths = np.clip(offsets[:, 1] - offsets[:, 0], 0, None)
+    firsts = offsets[:, 0] + char_starts[segment_ids(token_counts)]
+    covered_chars = np.repeat(firsts - segment_starts(lengths), lengths) + np.arange(lengths.sum())
+    probs = np.full(total, -1.0, dtype=np.float32)
+    np.maximum.at(probs, covered_chars, np.repeat(np.asarray(token_probs, dtype=np.float32), lengths))
+    covered = probs >= 0
+    positions = np.arange(total)
+    doc = segment_ids(char_counts)
+    # nearest covered character on each side within the same document
+    last = np.maximum.accumulate(np.where(covered, positions, -1))
+    nxt = np.minimum.accumulate(np.where(covered, positions, total)[::-1])[::-1]
+    has_prev, has_next = last >= char_starts[doc], nxt < (char_starts + char_counts)[doc]
+    prev_val, next_val = probs[np.clip(last, 0, max(total - 1, 0))], probs[np.clip(nxt, 0, max(total - 1, 0))]
+    gap = np.where(has_prev & has_next, np.minimum(prev_val, next_val), np.float32(0))
+    return np.where(covered, probs, gap).astype(np.float32)
+
+
+def spans_batch(char_probs: np.ndarray, char_counts: np.ndarray, threshold: float) -> list[list[Span]]:
+    """``spans_from_char_probs`` of every document of a buffer from their concatenated ``char_probs``."""
+    char_counts = np.asarray(char_counts, dtype=np.int64)
+    char_starts = segment_starts(char_counts)
+    flagged = np.asarray(char_probs, dtype=np.float32) >= np.float32(threshold)
+    doc_start = np.zeros(len(flagged), dtype=bool)
+    doc_start[char_starts[char_counts > 0]] = True
+    doc_end = np.zeros(len(flagged), dtype=bool)
+    doc_end[(char_starts + char_counts - 1)[char_counts > 0]] = True
+    before = np.concatenate([[False], flagged[:-1]]) & ~doc_start
+    after = np.concatenate([flagged[1:], [False]]) & ~doc_end
+    starts = np.flatnonzero(flagged & ~before)
+    ends = np.flatnonzero(flagged & ~after) + 1
+    bounds = np.stack([starts, ends], axis=1).ravel()
+    char_probs = np.asarray(char_probs)
+    padded = np.append(char_probs, np.zeros(1, char_probs.dtype))  # reduceat needs indices < len
+    maxima = np.maximum.reduceat(padded, bounds)[::2].tolist() if len(bounds) else []
+    doc = np.searchsorted(char_starts, starts, side="right") - 1
+    local_starts = (starts - char_starts[doc]).tolist()
+    local_ends = (ends - char_starts[doc]).tolist()
+    spans: list[list[Span]] = [[] for _ in char_counts]
+    for d, s, e, m in zip(doc.tolist(), local_starts, local_ends, maxima):
+        spans[d].append(Span(s, e, m))
+    return spans

@@ -23,7 +23,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.clients.export.dolma import DolmaAttributesWriter, attributes_row
 from tokfilter.clients.filter_client import DEFAULT_RETRY_DEADLINE_S, DOC_MODEL, TOKEN_MODEL, FilterClient
-from tokfilter.clients.projection import TargetTokenizer, project
+from tokfilter.clients.projection import TargetTokenizer, project_batch
 from tokfilter.clients.readers import STDIN, Record, check_inputs, iter_records
 from tokfilter.clients.shards.writer import (
     FORMAT,
@@ -34,8 +34,11 @@ from tokfilter.clients.shards.writer import (
     remove_unlisted_shards,
     token_dtype,
 )
+from tokfilter.engines import ENGINES, make_window_scorer, resolve_engine
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, model_identity
+from tokfilter.inference import file_precision
+from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
 ON_ERROR = ("skip", "fail")
@@ -46,12 +49,13 @@ class FilterSettings:
     """Everything that decides the bytes of the shards (checked again on ``--resume``), plus
     ``server``/``max_in_flight``/``threads``, which only decide where and how fast models run."""
 
-    token_model: str = str(paths.TOKEN_MODEL_DIR)
+    token_model: str = str(paths.JOINT_MODEL_DIR)  # a joint model scores documents too; doc_model is then unused
     doc_model: str = str(paths.DOC_MODEL_DIR)
     target_tokenizer: str = str(paths.TARGET_TOKENIZER)
     threshold: float | None = None  # None: the token model card's threshold
     doc_prefilter: float | None = None
-    precision: str | None = None  # None: fp32 in process; with a server, whatever it serves
+    precision: str | None = None  # None: the runtime's default in process; with a server, whatever it serves
+    runtime: str = "auto"  # in process: auto|onnxruntime|openvino|torch (tokfilter.engines)
     text_field: str = "text"
     id_field: str = "id"
     on_error: str = "skip"
@@ -66,6 +70,8 @@ class FilterSettings:
     dolma_attributes: str | None = None  # also write Dolma attributes of this name (clients/export/dolma.py)
 
     def validate(self) -> None:
+        if self.runtime not in ENGINES:
+            raise TokfilterError(f"--runtime must be one of {ENGINES}, got {self.runtime!r}")
         if self.on_error not in ON_ERROR:
             raise TokfilterError(f"--on-error must be one of {ON_ERROR}, got {self.on_error!r}")
         if self.buffer_docs < 1:
@@ -112,32 +118,49 @@ class FilteredDoc:
 MODEL_KEYS = {"token_model": TOKEN_MODEL, "doc_model": DOC_MODEL}  # manifest key -> served model
 
 
+def local_model_dirs(settings: FilterSettings) -> dict[str, str]:
+    """The export behind each manifest key in process: a joint token model is its own document model."""
+    joint = load_model_card(settings.token_model).joint
+    return {"token_model": settings.token_model, "doc_model": settings.token_model if joint else settings.doc_model}
+
+
 def scoring_models(settings: FilterSettings) -> dict:
     """What scores the corpus, as both engines record it in the manifest and ``--resume`` compares
     it: the token threshold and the identity (``tokfilter.identity``) of the token and document
-    models. With ``--server``, the identity each endpoint publishes for the files it loaded (every
-    endpoint must serve the same models); in process, that of the local exports."""
+    models (the same identity twice for a joint model). With ``--server``, the identity each
+    endpoint publishes for the files it loaded (every endpoint must serve the same models); in
+    process, that of the local exports, and ``runs_on``: the engine and precision that run each
+    (``auto`` resolved once here, so every worker of the run runs the same). A joint model refuses
+    ``--doc-prefilter``: its document score comes out of the full pass, so a cascade would skip
+    nothing."""
     if settings.server:
         urls = settings.server.split(",")
         models = served_models(settings, urls[0])[1]
         for url in urls[1:]:
             check_same_models(models, served_models(settings, url)[1], f"--server: {url} serves another {{key}} than {urls[0]}")
     else:
-        precision = settings.precision or "fp32"
-        models = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+        models = {}
+        for key, path in local_model_dirs(settings).items():
+            choice = resolve_engine(path, settings.runtime, settings.precision)
+            models[key] = model_identity(path, file_precision(choice.precision)) | {"runs_on": f"{choice.engine} {choice.precision}"}
+            print(f"[filter] {key}: {choice.engine} {choice.precision} ({choice.reason})", file=sys.stderr, flush=True)
+    if settings.doc_prefilter is not None and models["token_model"] == models["doc_model"]:
+        raise TokfilterError(f"--doc-prefilter needs a separate, cheaper document model: {models['token_model']['model_name']} is a "
+                             "joint model, whose document score comes out of the same pass as its token scores, so the cascade "
+                             "would skip nothing; leave --doc-prefilter out")
     threshold = models["token_model"]["threshold"] if settings.threshold is None else settings.threshold
     return {"threshold": threshold, **models}
 
 
 def served_models(settings: FilterSettings, url: str) -> tuple[FilterClient, dict]:
     """A client of ``url`` (its own thread pool closed: callers schedule its scorers) and the
-    identities it publishes for the token and the document model."""
+    identities it publishes for the token and the document model (a joint model's twice)."""
     client = FilterClient(url, settings.token_model, max_in_flight=1, api_key=settings.api_key,
                           retry_deadline_s=settings.retry_deadline_s)
     client.close()
-    if DOC_MODEL not in client.identities:
+    if not client.joint and DOC_MODEL not in client.identities:
         raise TokfilterError(f"server {url} does not serve the document model {DOC_MODEL!r}")
-    models = {key: client.identities[model] for key, model in MODEL_KEYS.items()}
+    models = {key: client.identities[TOKEN_MODEL if client.joint else model] for key, model in MODEL_KEYS.items()}
     for key, identity in models.items():
         if settings.precision not in (None, identity["precision"]) and identity["precision"] is not None:
             raise TokfilterError(f"--precision {settings.precision}: {url} serves {key} at {identity['precision']} "
@@ -177,15 +200,14 @@ class ChunkFilter:
                 max_batch_tokens=batch_tokens, executor=executor,
             )
         else:
-            from tokfilter.inference import OnnxWindowScorer
-
-            precision = settings.precision or "fp32"
-            found = {key: model_identity(getattr(settings, key), precision) for key in MODEL_KEYS}
+            dirs = local_model_dirs(settings)
+            runs_on = {Path(dirs[key]): models[key]["runs_on"].split() for key in MODEL_KEYS}
+            found = {key: model_identity(path, file_precision(runs_on[Path(path)][1])) for key, path in dirs.items()}
             check_same_models(models, found, "the local {key} differs from the one this run records")
             executor = None
             self.pipeline = ScoringPipeline.from_model_dirs(
                 settings.token_model, settings.doc_model, max_batch_tokens=batch_tokens,
-                make_scorer=lambda d: OnnxWindowScorer(d, precision=precision, threads=settings.threads),
+                make_scorer=lambda d: make_window_scorer(d, *runs_on[Path(d)], threads=settings.threads),
             )
         self.threshold = models["threshold"]
         self.token_only = ScoringPipeline(
@@ -209,15 +231,18 @@ class ChunkFilter:
             by_doc = dict(zip(kept, self.token_only.score([texts[i] for i in kept], self.threshold)))
             encoded = self.token_only.encode([texts[i] for i in dropped])
             lengths = {i: len(e.ids) for i, e in zip(dropped, encoded)} | {i: len(s.token_ids) for i, s in by_doc.items()}
+        encodings = self.target.encode(texts)
+        scored = sorted(by_doc)
+        projected = dict(zip(scored, project_batch([by_doc[i].char_probs for i in scored], [encodings[i] for i in scored])))
         out = []
-        for i, enc in enumerate(self.target.encode(texts)):
+        for i, enc in enumerate(encodings):
             scores = by_doc.get(i)
             if scores is None:
                 out.append(FilteredDoc(enc.ids, np.zeros(len(enc.ids), np.float32), float(doc_scores[i]), lengths[i], True))
                 continue
             spans = tuple((s.start, s.end, s.score) for s in scores.spans)
-            out.append(FilteredDoc(enc.ids, project(scores.char_probs, enc.starts, enc.ends), float(doc_scores[i]),
-                                   lengths[i], False, spans, scores.flagged_fraction))
+            out.append(FilteredDoc(enc.ids, projected[i], float(doc_scores[i]), lengths[i], False, spans,
+                                   scores.flagged_fraction))
         return out
 
 
@@ -282,6 +307,11 @@ def prepare_output(inputs: list[str], out_dir: Path, settings: FilterSettings, t
             raise TokfilterError(f"--resume: {key} differs from the run in {out_dir} ({old.get(key)} != {manifest[key]})")
     check_same_models({key: old.get(key) or {} for key in MODEL_KEYS}, manifest,
                       f"--resume: {{key}} differs from the one that scored the run in {out_dir}; resume with that model")
+    for key in MODEL_KEYS:
+        ran, runs = (old.get(key) or {}).get("runs_on"), manifest[key].get("runs_on")
+        if ran is not None and ran != runs:
+            raise TokfilterError(f"--resume: the run in {out_dir} scored {key} on {ran}, this one would run {runs}: "
+                                 f"pass --runtime {ran.split()[0]} --precision {ran.split()[1]}")
     if [i["path"] for i in old["inputs"]] != inputs:
         raise TokfilterError(f"--resume: INPUT must be the same files as the run in {out_dir}: {[i['path'] for i in old['inputs']]}")
     remove_unlisted_shards(out_dir, old)

@@ -4,7 +4,8 @@ Token metrics use the classifier's own tokens, labelled from ``label_spans`` as 
 threshold saved in the token model's card: on the natural distribution of the split, and on a
 class-balanced token set (all positive tokens and as many negatives drawn at random, seeded), as in
 the paper. Document metrics use the document model's card threshold; the recall at its
-``threshold_recall95`` is reported too, since that threshold gates the cascade.
+``threshold_recall95`` is reported too, since that threshold gates the cascade. A joint model
+(``--token-model`` a joint export) is both: its document head is scored with its ``doc_threshold``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer
+from tokfilter.modelcard import load_model_card
 from tokfilter.training.classifier.train import binary_metrics, load_split, sample_docs, score_split
 from tokfilter.windows import load_tokenizer
 
@@ -33,29 +35,35 @@ def balanced_subset(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)]))
 
 
-def score_model(model_dir: Path, docs: list[dict], precision: str) -> tuple[np.ndarray, np.ndarray, object]:
-    """(labels, scores, card) of an exported model on ``docs``."""
+def score_model(model_dir: Path, docs: list[dict], precision: str, head: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(labels, scores, threshold, 95%-recall threshold) of the ``head`` (token|document) of an
+    exported model on ``docs``."""
     scorer = OnnxWindowScorer(model_dir, precision=precision)
     card = scorer.card
-    labels, scores = score_split(scorer, card.max_length, card.stride, load_tokenizer(model_dir / "tokenizer.json"), docs, card.task)
-    return labels, scores, card
+    labels, scores = score_split(scorer, card.max_length, card.stride, load_tokenizer(model_dir / "tokenizer.json"), docs, card.task, head)
+    if card.joint and head == "document":
+        return labels, scores, card.doc_threshold, card.doc_threshold_recall95
+    return labels, scores, card.threshold, card.threshold_recall95
 
 
-def evaluate(corpus_dir: Path, token_dir: Path, doc_dir: Path, split: str = "test", precision: str = "fp32",
+def evaluate(corpus_dir: Path, token_dir: Path, doc_dir: Path | None, split: str = "test", precision: str = "fp32",
              out_dir: Path | None = None, max_docs: int | None = None) -> dict:
-    """Metrics of both models on ``split``; writes the precision-recall curve PNG to ``out_dir``."""
+    """Metrics of both models on ``split`` (``doc_dir`` None: the document head of a joint
+    ``token_dir``, else the default document model); writes the precision-recall curve PNG to ``out_dir``."""
     from sklearn.metrics import roc_auc_score
 
     if max_docs is not None and max_docs < 1:
         raise TokfilterError(f"--max-docs must be >= 1, got {max_docs}")
     docs = sample_docs(load_split(corpus_dir, split), max_docs)
-    tok_labels, tok_scores, tok_card = score_model(Path(token_dir), docs, precision)
-    doc_labels, doc_scores, doc_card = score_model(Path(doc_dir), docs, precision)
-    natural = binary_metrics(tok_labels, tok_scores, tok_card.threshold)
+    if doc_dir is None:
+        doc_dir = token_dir if load_model_card(token_dir).joint else paths.DOC_MODEL_DIR
+    tok_labels, tok_scores, tok_threshold, _ = score_model(Path(token_dir), docs, precision, "token")
+    doc_labels, doc_scores, doc_threshold, doc_threshold_recall95 = score_model(Path(doc_dir), docs, precision, "document")
+    natural = binary_metrics(tok_labels, tok_scores, tok_threshold)
     subset = balanced_subset(tok_labels)
-    balanced = binary_metrics(tok_labels[subset], tok_scores[subset], tok_card.threshold)
-    docs_at_best = binary_metrics(doc_labels, doc_scores, doc_card.threshold)
-    docs_at_r95 = binary_metrics(doc_labels, doc_scores, doc_card.threshold_recall95)
+    balanced = binary_metrics(tok_labels[subset], tok_scores[subset], tok_threshold)
+    docs_at_best = binary_metrics(doc_labels, doc_scores, doc_threshold)
+    docs_at_r95 = binary_metrics(doc_labels, doc_scores, doc_threshold_recall95)
     both_classes = 0 < tok_labels.sum() < len(tok_labels)
     result = {
         "split": split,
@@ -71,19 +79,19 @@ def evaluate(corpus_dir: Path, token_dir: Path, doc_dir: Path, split: str = "tes
         "token_precision_balanced": balanced["precision"],
         "token_recall_balanced": balanced["recall"],
         "flagged_fraction": natural["flagged_fraction"],
-        "threshold": tok_card.threshold,
+        "threshold": tok_threshold,
         "doc_f1": docs_at_best["f1"],
         "doc_precision": docs_at_best["precision"],
         "doc_recall": docs_at_best["recall"],
         "doc_flagged_fraction": docs_at_best["flagged_fraction"],
-        "doc_threshold": doc_card.threshold,
-        "doc_threshold_recall95": doc_card.threshold_recall95,
+        "doc_threshold": doc_threshold,
+        "doc_threshold_recall95": doc_threshold_recall95,
         "doc_recall_at_threshold_recall95": docs_at_r95["recall"],
         "doc_precision_at_threshold_recall95": docs_at_r95["precision"],
     }
     out_dir = Path(out_dir or token_dir)
-    result["pr_curve"] = str(plot_pr_curves(out_dir / PR_CURVE_FILE, (tok_labels, tok_scores, tok_card.threshold),
-                                            (doc_labels, doc_scores, doc_card.threshold)))
+    result["pr_curve"] = str(plot_pr_curves(out_dir / PR_CURVE_FILE, (tok_labels, tok_scores, tok_threshold),
+                                            (doc_labels, doc_scores, doc_threshold)))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
@@ -119,8 +127,10 @@ def plot_pr_curves(path: Path, token: tuple, document: tuple) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", type=Path, default=paths.CORPUS_DIR, help="corpus dir holding <split>.jsonl")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    parser.add_argument("--token-model", type=Path, default=paths.TOKEN_MODEL_DIR)
-    parser.add_argument("--doc-model", type=Path, default=paths.DOC_MODEL_DIR)
+    parser.add_argument("--token-model", type=Path, default=paths.JOINT_MODEL_DIR,
+                        help="token model, or a joint model (default: %(default)s)")
+    parser.add_argument("--doc-model", type=Path, default=None,
+                        help=f"document model (default: the token model's document head if it is joint, else {paths.DOC_MODEL_DIR})")
     parser.add_argument("--precision", choices=sorted(MODEL_FILES), default="fp32", help="which exported model to score")
     parser.add_argument("--out", type=Path, default=None, help="folder of the PR curve PNG (default: the token model dir)")
     parser.add_argument("--max-docs", type=int, default=None, help="score a seeded sample of this many documents (default: all)")

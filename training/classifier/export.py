@@ -21,13 +21,14 @@ from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer, import_onnxruntime
 from tokfilter.modelcard import ModelCard
 from tokfilter.training.classifier.train import (
+    DOC_LOSS_WEIGHT,
     ENCODER_NAME,
     LABELS,
     TrainConfig,
     binary_metrics,
     calibrate_thresholds,
     encode_documents,
-    score_split,
+    score_heads,
     torch_score_fn,
 )
 from tokfilter.windows import WindowSequences, load_tokenizer, pad_batch
@@ -35,7 +36,7 @@ from tokfilter.windows import WindowSequences, load_tokenizer, pad_batch
 OPSET = 18
 EXPORTER = "torchscript, eager attention"  # recorded in the model card
 PARITY_TOLERANCE = 1e-3
-MODEL_NAMES = {"token": "token_classifier", "document": "doc_classifier"}
+MODEL_NAMES = {"token": "token_classifier", "document": "doc_classifier", "joint": "joint_classifier"}
 
 
 @contextlib.contextmanager
@@ -79,11 +80,12 @@ def export_onnx(model: torch.nn.Module, path: Path, task: str) -> None:
         if isinstance(module, PreTrainedModel):
             module.set_attn_implementation("eager")
     axes = {0: "batch", 1: "sequence"}
+    outputs = {"token": {"logits": axes}, "document": {"logits": {0: "batch"}},
+               "joint": {"logits": axes, "doc_logits": {0: "batch"}}}[task]
     with quiet_exporters():
         torch.onnx.export(
             model, example_inputs(), str(path), dynamo=False, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes if task == "token" else {0: "batch"}},
+            output_names=list(outputs), dynamic_axes={"input_ids": axes, "attention_mask": axes, **outputs},
         )
 
 
@@ -107,13 +109,24 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
 
 
 def parity_max_diff(model: torch.nn.Module, scorer: OnnxWindowScorer, windows: list[np.ndarray]) -> float:
-    """Max abs difference of p(forget) between torch and ONNX Runtime on the real tokens of ``windows``."""
+    """Max abs difference of p(forget) between torch and ONNX Runtime on the real tokens of
+    ``windows`` (every head of a joint model)."""
     ids, mask = pad_batch(windows)
-    torch_probs = torch_score_fn(model)(ids, mask)
-    onnx_probs = scorer(ids, mask)
-    if torch_probs.ndim == 2:
-        return float(np.max(np.abs(torch_probs - onnx_probs)[mask.astype(bool)]))
-    return float(np.max(np.abs(torch_probs - onnx_probs)))
+    torch_out, onnx_out = torch_score_fn(model)(ids, mask), scorer(ids, mask)
+    pairs = zip(torch_out, onnx_out) if isinstance(torch_out, tuple) else [(torch_out, onnx_out)]
+    diffs = [np.abs(t - o)[mask.astype(bool)] if t.ndim == 2 else np.abs(t - o) for t, o in pairs]
+    return float(max(np.max(d) for d in diffs))
+
+
+def head_metrics(labels: np.ndarray, scores: dict[str, np.ndarray], threshold: float, threshold_recall95: float, prefix: str) -> dict:
+    """Validation metrics of one head at its thresholds, per precision, named ``{prefix}validation_{precision}_*``."""
+    metrics = {}
+    for precision, s in scores.items():
+        for name, value in binary_metrics(labels, s, threshold).items():
+            metrics[f"{prefix}validation_{precision}_{name}"] = round(value, 4)
+        metrics[f"{prefix}validation_{precision}_recall_at_threshold_recall95"] = round(binary_metrics(labels, s, threshold_recall95)["recall"], 4)
+    metrics[f"{prefix}int8_f1_minus_fp32_f1"] = round(metrics[f"{prefix}validation_int8_f1"] - metrics[f"{prefix}validation_fp32_f1"], 4)
+    return metrics
 
 
 def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_path: Path, out_dir: Path, val_docs: list[dict],
@@ -127,7 +140,8 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
     print(f"[export] {config.task}: ONNX ({EXPORTER}) + int8 in {time.perf_counter() - t0:.1f}s", file=log, flush=True)
     card = ModelCard(
-        name=MODEL_NAMES[config.task], task=config.task, labels=list(LABELS), output="logits", max_length=config.max_length,
+        name=MODEL_NAMES[config.task], task=config.task, labels=list(LABELS),
+        output="logits, doc_logits" if config.task == "joint" else "logits", max_length=config.max_length,
         stride=config.stride, threshold=0.5, threshold_recall95=0.5, data_digest=data_digest, encoder=ENCODER_NAME,
         num_layers=config.layers,
         extra={
@@ -136,6 +150,8 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
             "opset": onnx_opset(out_dir / MODEL_FILES["fp32"]),
             "token_labels": "a token is positive when any of its characters lies in a label span",
             "document_score": "max over windows of p(forget); a document is positive when it contains a medicine passage",
+            **({"window_labels": "a window is positive when its content overlaps a forget passage",
+                "loss": f"token CE + {DOC_LOSS_WEIGHT} x window CE"} if config.task == "joint" else {}),
         },
     )
     card.save(out_dir)  # provisional: OnnxWindowScorer reads the card
@@ -143,14 +159,16 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
     tokenizer = load_tokenizer(out_dir / "tokenizer.json")
     metrics: dict = {"train": train_stats, "validation_docs": len(val_docs)}
     scorers = {precision: OnnxWindowScorer(out_dir, precision=precision) for precision in MODEL_FILES}
-    scores = {p: score_split(s, config.max_length, config.stride, tokenizer, val_docs, config.task) for p, s in scorers.items()}
-    labels, fp32_scores = scores["fp32"]
-    card.threshold, card.threshold_recall95 = calibrate_thresholds(labels, fp32_scores)
-    for precision, (_, s) in scores.items():
-        for name, value in binary_metrics(labels, s, card.threshold).items():
-            metrics[f"validation_{precision}_{name}"] = round(value, 4)
-        metrics[f"validation_{precision}_recall_at_threshold_recall95"] = round(binary_metrics(labels, s, card.threshold_recall95)["recall"], 4)
-    metrics["int8_f1_minus_fp32_f1"] = round(metrics["validation_int8_f1"] - metrics["validation_fp32_f1"], 4)
+    heads = {p: score_heads(s, config.max_length, config.stride, tokenizer, val_docs, config.task) for p, s in scorers.items()}
+    own = "document" if config.task == "document" else "token"  # the head ``threshold`` belongs to
+    labels = heads["fp32"][own][0]
+    card.threshold, card.threshold_recall95 = calibrate_thresholds(labels, heads["fp32"][own][1])
+    metrics |= head_metrics(labels, {p: h[own][1] for p, h in heads.items()}, card.threshold, card.threshold_recall95, "")
+    if config.task == "joint":  # the document head: its own thresholds and metrics, "doc_"-prefixed
+        labels = heads["fp32"]["document"][0]
+        card.doc_threshold, card.doc_threshold_recall95 = calibrate_thresholds(labels, heads["fp32"]["document"][1])
+        metrics |= head_metrics(labels, {p: h["document"][1] for p, h in heads.items()}, card.doc_threshold,
+                                card.doc_threshold_recall95, "doc_")
 
     sequences = WindowSequences.for_tokenizer(tokenizer, config.max_length, config.stride)
     held_out = [sequences.sequence(doc.ids, sequences.plan(len(doc.ids))[0]) for doc in encode_documents(tokenizer, val_docs[:16])]
@@ -164,4 +182,7 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
         )
     print(f"[export] {config.task}: threshold {card.threshold:.4f}, recall95 threshold {card.threshold_recall95:.4f}, "
           f"val F1 fp32 {metrics['validation_fp32_f1']:.4f} int8 {metrics['validation_int8_f1']:.4f}", file=log, flush=True)
+    if card.joint:
+        print(f"[export] joint document head: threshold {card.doc_threshold:.4f}, recall95 threshold {card.doc_threshold_recall95:.4f}, "
+              f"val F1 fp32 {metrics['doc_validation_fp32_f1']:.4f} int8 {metrics['doc_validation_int8_f1']:.4f}", file=log, flush=True)
     return card

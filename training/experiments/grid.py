@@ -127,11 +127,11 @@ def token_metrics(corpus_dir: Path, token_model: Path, cache: Path) -> dict:
     from tokfilter.training.classifier.evaluate import score_model
     from tokfilter.training.classifier.train import binary_metrics, load_split
 
-    labels, scores, card = score_model(token_model, load_split(corpus_dir, "test"), "fp32")
-    metrics = binary_metrics(labels, scores, card.threshold)
+    labels, scores, threshold, _ = score_model(token_model, load_split(corpus_dir, "test"), "fp32", "token")
+    metrics = binary_metrics(labels, scores, threshold)
     metrics = {k: metrics[k] for k in ("precision", "recall", "f1", "flagged_fraction")}
     metrics["auroc"] = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
-    metrics["threshold"] = float(card.threshold)
+    metrics["threshold"] = float(threshold)
     metrics["model_sha256"] = digest
     cache.write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
