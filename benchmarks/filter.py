@@ -2,8 +2,9 @@
 
 One run, same documents, same machine, for each configuration: the two-model fp32 pipeline
 (``--token-model`` + ``--doc-model``, the baseline) and, with ``--joint-model``, the joint model
-(one encoder, token and document heads, one pass) at each of ``--joint-precisions``:
-  * raw: the models alone (in-process ONNX Runtime) on the padded window batches the filter gives
+(one encoder, token and document heads, one pass) on each ``--joint-engines`` ENGINE:PRECISION
+(default ONNX Runtime fp32 and int8, OpenVINO bf16; ``tokfilter.engines``):
+  * raw: the models alone (in process, on the configuration's engine) on the padded window batches the filter gives
     them (buffers of ``--buffer-docs`` documents, token-budget batches), timed around the model
     calls only: the ceiling for the filter.
   * end to end: ``run_local`` (read JSONL, tokenize, window, batch, models, stitch, project onto
@@ -36,7 +37,7 @@ import numpy as np
 from tokfilter import paths
 from tokfilter.clients.engines.local import FilterSettings, run_local
 from tokfilter.clients.shards.writer import open_shards
-from tokfilter.inference import OnnxWindowScorer
+from tokfilter.engines import make_window_scorer
 from tokfilter.modelcard import load_model_card
 from tokfilter.scoring import ScoringPipeline, plan_batches
 from tokfilter.training.classifier.train import binary_metrics, document_label, token_labels_from_spans
@@ -81,20 +82,23 @@ def configurations(args: argparse.Namespace) -> dict[str, tuple[FilterSettings, 
     """name -> (filter settings, document threshold): the two-model fp32 baseline first, then the
     joint model at each asked-for precision."""
     base = FilterSettings(token_model=args.token_model, doc_model=args.doc_model, target_tokenizer=args.target_tokenizer,
-                          buffer_docs=args.buffer_docs, threads=args.threads, precision="fp32")
+                          buffer_docs=args.buffer_docs, threads=args.threads, runtime="onnxruntime", precision="fp32")
     configs = {"two models fp32": (base, load_model_card(args.doc_model).threshold)}
     if args.joint_model:
         card = load_model_card(args.joint_model)
         if not card.joint:
             raise SystemExit(f"--joint-model {args.joint_model} is not a joint model (task {card.task!r})")
-        for precision in args.joint_precisions.split(","):
-            configs[f"joint {precision}"] = (replace(base, token_model=args.joint_model, precision=precision), card.doc_threshold)
+        for engine_precision in args.joint_engines.split(","):
+            engine, _, precision = engine_precision.partition(":")
+            configs[f"joint {engine} {precision}"] = (
+                replace(base, token_model=args.joint_model, runtime=engine, precision=precision), card.doc_threshold)
     return configs
 
 
 def pipeline_of(settings: FilterSettings, threads: int | None) -> ScoringPipeline:
-    return ScoringPipeline.from_model_dirs(settings.token_model, settings.doc_model,
-                                           make_scorer=lambda d: OnnxWindowScorer(d, precision=settings.precision, threads=threads))
+    return ScoringPipeline.from_model_dirs(
+        settings.token_model, settings.doc_model,
+        make_scorer=lambda d: make_window_scorer(d, engine=settings.runtime, precision=settings.precision, threads=threads))
 
 
 def main() -> int:
@@ -110,7 +114,9 @@ def main() -> int:
     parser.add_argument("--doc-model", default=str(paths.DOC_MODEL_DIR), help="document model of the two-model baseline")
     parser.add_argument("--joint-model", default=str(paths.JOINT_MODEL_DIR) if paths.JOINT_MODEL_DIR.is_dir() else None,
                         help=f"joint model to compare (default: {paths.JOINT_MODEL_DIR} if it exists; else the baseline only)")
-    parser.add_argument("--joint-precisions", default="fp32,int8", help="comma-separated precisions of the joint model")
+    parser.add_argument("--joint-engines", default="onnxruntime:fp32,onnxruntime:int8,openvino:bf16",
+                        help="comma-separated ENGINE:PRECISION of the joint model (tokfilter.engines; openvino:bf16 needs "
+                             "a CPU with bf16 instructions)")
     parser.add_argument("--target-tokenizer", default=FilterSettings.target_tokenizer)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -185,7 +191,7 @@ def main() -> int:
              f"{row['token_f1']:.4f} ({row['token_f1_minus_two_models']:+.4f}) | {row['doc_f1']:.4f} ({row['doc_f1_minus_two_models']:+.4f}) |"
              for name, row in rows.items()]
     md = "\n".join([
-        "# `tokfilter filter` throughput and quality (in-process ONNX Runtime)", "",
+        "# `tokfilter filter` throughput and quality (in process, on each configuration's engine)", "",
         f"{len(texts)} documents of `{args.corpus}`, {n_tokens} classifier tokens, best of {args.repeats}, configurations "
         f"interleaved; {result['machine']['cpu_count']} cores, shared. Two models: `{args.token_model}` + `{args.doc_model}` "
         f"({load_model_card(args.token_model).num_layers or '?'} layers, max_length {full['token_model']['max_length']})"
