@@ -68,14 +68,11 @@ def tokenizer(tiny_models_dir):
 
 
 words = st.sampled_from(["cell", "the", "insulin", "dose", "é", "🧬", "tumour", "\u200b", "  ", "\n", "a.b"])
+documents = st.lists(st.lists(words, max_size=120).map(" ".join), min_size=1, max_size=5)
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    st.lists(st.lists(words, max_size=120).map(" ".join), min_size=1, max_size=5),
-    st.integers(8, 40),
-    st.integers(16, 512),
-)
+@given(documents, st.integers(8, 40), st.integers(16, 512))
 def test_windowed_scores_equal_unwindowed_for_position_free_scorer(tokenizer, texts, max_length, budget):
     pipeline = ScoringPipeline(
         tokenizer,
@@ -100,11 +97,7 @@ def joint_scorer(input_ids, attention_mask):
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    st.lists(st.lists(words, max_size=120).map(" ".join), min_size=1, max_size=5),
-    st.integers(8, 40),
-    st.integers(16, 512),
-)
+@given(documents, st.integers(8, 40), st.integers(16, 512))
 def test_joint_model_scores_as_the_two_models_it_combines(tokenizer, texts, max_length, budget):
     """One joint call per window batch gives the token scores of its token part and the document
     score (max over windows) of its document part, on the joint model's windows."""

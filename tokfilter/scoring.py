@@ -185,20 +185,21 @@ def score_window_requests(scorer: WindowScorer, ids: list[np.ndarray], masks: li
     """
     rows = [(r, i) for r, a in enumerate(ids) for i in range(a.shape[0])]
     lengths = [int(np.flatnonzero(masks[r][i]).max(initial=0)) + 1 for r, i in rows]
-    heads = (True, False) if joint else (per_token,)  # per head: per token?
-    outputs = [[np.zeros(a.shape if tok else (a.shape[0], 1), dtype=np.float32) for a in ids] for tok in heads]
+    token_out = [np.zeros(a.shape, dtype=np.float32) for a in ids] if per_token or joint else None
+    doc_out = [np.zeros((a.shape[0], 1), dtype=np.float32) for a in ids] if joint or not per_token else None
     for batch in plan_batches(lengths, max_batch_tokens, max(len(rows), 1)):
         batch_ids, _ = pad_batch([ids[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])
         batch_masks, _ = pad_batch([masks[rows[k][0]][rows[k][1], : lengths[k]] for k in batch])  # padded with 0
-        probs = scorer(batch_ids, batch_masks)
-        for tok, out, head_probs in zip(heads, outputs, probs if joint else (probs,)):
-            for row, k in enumerate(batch):
-                r, i = rows[k]
-                if tok:
-                    out[r][i, : lengths[k]] = head_probs[row, : lengths[k]]
-                else:
-                    out[r][i, 0] = head_probs[row]
-    return list(zip(*outputs)) if joint else outputs[0]
+        tokens, docs = batch_heads(joint, per_token, scorer(batch_ids, batch_masks), len(batch))
+        for row, k in enumerate(batch):
+            r, i = rows[k]
+            if tokens is not None:
+                token_out[r][i, : lengths[k]] = tokens[row, : lengths[k]]
+            if docs is not None:
+                doc_out[r][i, 0] = docs[row]
+    if joint:
+        return list(zip(token_out, doc_out))
+    return token_out if per_token else doc_out
 
 
 def safe_text(text: str) -> str:
@@ -345,7 +346,7 @@ class ScoringPipeline:
 
         def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
             """(token probs [B, S] or None, window probs [B] or None) of a batch."""
-            return batch_heads(model, per_token, model.scorer(*window_batch(sequences, ids, token_starts, plan, batch)), len(batch))
+            return batch_heads(model.joint, per_token, model.scorer(*window_batch(sequences, ids, token_starts, plan, batch)), len(batch))
 
         outputs = self.executor.map(run, batches) if self.executor else map(run, batches)
         token_probs = np.zeros(len(ids), dtype=np.float32) if per_token else None
@@ -358,10 +359,10 @@ class ScoringPipeline:
         return token_probs, doc_scores
 
 
-def batch_heads(model: ScoredModel, per_token: bool, out, batch_size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def batch_heads(joint: bool, per_token: bool, out, batch_size: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """A window scorer's output for a batch as (token probs [B, S] or None, window probs [B] or
     None): a joint model gives both, a token model the first, a document model the second."""
-    if model.joint:
+    if joint:
         return np.asarray(out[0], dtype=np.float32), np.asarray(out[1], dtype=np.float32).reshape(-1)
     out = np.asarray(out, dtype=np.float32)
     return (out, None) if per_token else (None, out.reshape(batch_size, -1)[:, 0])
@@ -392,7 +393,7 @@ def reference_score_windows(
 
     def run(batch: list[int]) -> tuple[np.ndarray | None, np.ndarray | None]:
         ids, mask = reference_pad_batch([sequences[i] for i in batch])
-        return batch_heads(model, per_token, model.scorer(ids, mask), len(batch))
+        return batch_heads(model.joint, per_token, model.scorer(ids, mask), len(batch))
 
     outputs = pipeline.executor.map(run, batches) if pipeline.executor else map(run, batches)
     token_out: list = [None] * len(items)
