@@ -99,7 +99,7 @@ def markdown(result: dict) -> str:
              f"{result['documents']} test documents, {result['tokens']} tokens, {result['threads']} threads, best of "
              f"{result['repeats']}; {result['machine']}. Baseline: `{result['baseline']}` of the same precision. "
              "fp32 probabilities differ from the baseline's by rounding; int8 ones also by what the "
-             "quantizer finds to quantize in each graph (the int8 F1 of the exported models: onnx_int8.md).", "",
+             "quantizer finds to quantize in each graph (the int8 F1 of the exported models: engines.md).", "",
              "| export | precision | tokens/s | speed-up | max abs prob diff |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['export']} | {r['precision']} | {r['tokens_per_s']:.0f} | {r['speedup_over_baseline']:.2f}x | "
               f"{r['max_abs_prob_diff_vs_baseline']:.1e} |" for r in result["rows"]]
