@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from tokfilter.engines import ENGINES, PRECISIONS
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_parameters, model_identity
 from tokfilter.modelcard import JOINT_DOC_OUTPUT, load_model_card
@@ -44,26 +46,49 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
         raise TokfilterError(f"invalid Triton model config {path}: {err}") from err
 
 
-def served_config(repo: Path, model: str, instances: int | None, ort_threads: int | None, precision: str | None) -> str:
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What ``tokfilter serve`` changes in the committed configs (None: the config's value):
+    instances per model, engine threads, the model file's precision (fp32|int8), the engine
+    (``tokfilter.engines``) and the precision it runs the fp32 file at."""
+
+    instances: int | None = None
+    ort_threads: int | None = None
+    precision: str | None = None
+    engine: str | None = None
+    engine_precision: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.instances is not None and self.instances < 1:
+            raise TokfilterError(f"--instances must be >= 1, got {self.instances}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise TokfilterError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine_precision is not None:
+            known = PRECISIONS.get(self.engine or "", sorted({p for ps in PRECISIONS.values() for p in ps} - {"int8"}))
+            if self.engine_precision not in known or self.engine_precision == "int8":
+                raise TokfilterError(f"--engine-precision must be one of {', '.join(p for p in known if p != 'int8')} "
+                                     f"for engine {self.engine or 'auto'}, got {self.engine_precision!r} (int8: --precision int8)")
+
+
+def served_config(repo: Path, model: str, overrides: ConfigOverrides = ConfigOverrides()) -> str:
     """The committed config of ``model`` as the JSON Triton's load API takes, with the asked-for
     overrides, and for window models the identity of the model file served at that precision
     (``tokfilter.identity``), which clients record and check against."""
     config = parse_config(repo / model / "config.pbtxt")
-    if precision is not None:
-        config.parameters["precision"].string_value = precision
+    for key in ("precision", "engine", "engine_precision"):
+        if getattr(overrides, key) is not None:
+            config.parameters[key].string_value = getattr(overrides, key)
     if model in WINDOW_MODELS:
         served = model_identity(repo / model / VERSION, config.parameters["precision"].string_value or "fp32")
         for key, value in identity_parameters(served).items():
             config.parameters[key].string_value = value
     if model == "token_classifier" and load_model_card(repo / model / VERSION).joint:
         config.output.add(name=JOINT_DOC_OUTPUT, data_type=model_config_pb2.TYPE_FP32, dims=[1])
-    if instances is not None:
-        if instances < 1:
-            raise TokfilterError(f"--instances must be >= 1, got {instances}")
+    if overrides.instances is not None:
         for group in config.instance_group:
-            group.count = instances
-    if ort_threads is not None:
-        config.parameters["ort_threads"].string_value = str(ort_threads)
+            group.count = overrides.instances
+    if overrides.ort_threads is not None:
+        config.parameters["ort_threads"].string_value = str(overrides.ort_threads)
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 

@@ -26,9 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tokfilter.engines import ENGINES
 from tokfilter.errors import TokfilterError
 from tokfilter.paths import ARTIFACTS, MODEL_REPO_DIR
-from tokfilter.server.model_repo import SERVED_MODELS, missing_model_files, served_config
+from tokfilter.server.model_repo import SERVED_MODELS, ConfigOverrides, missing_model_files, served_config
 from tokfilter.server.supervisor import Supervisor, SupervisorSettings
 from tokfilter.server.triton import TritonProcess, check_port_free, die_with_parent, start_triton, stop_process_group
 
@@ -59,10 +60,9 @@ class ServerEndpoints:
         return f"http://{self.host}:{self.gateway_port}" if self.gateway_port else None
 
 
-def load_models(triton: TritonProcess, repo: Path, instances: int | None, ort_threads: int | None, precision: str | None,
-                models: tuple[str, ...] = SERVED_MODELS) -> None:
+def load_models(triton: TritonProcess, repo: Path, overrides: ConfigOverrides, models: tuple[str, ...] = SERVED_MODELS) -> None:
     """Load ``models`` together (each stub's start-up is mostly waiting on imports)."""
-    configs = {model: served_config(repo, model, instances, ort_threads, precision) for model in models}
+    configs = {model: served_config(repo, model, overrides) for model in models}
     with ThreadPoolExecutor(len(configs)) as pool:
         for done in [pool.submit(triton.load, model, config) for model, config in configs.items()]:
             done.result()
@@ -105,12 +105,15 @@ def running_server(
     instances: int | None = None,
     ort_threads: int | None = None,
     precision: str | None = None,
+    engine: str | None = None,
+    engine_precision: str | None = None,
     log_dir: Path = ARTIFACTS / "logs",
     supervision: SupervisorSettings = SupervisorSettings(),
 ) -> Iterator[ServerEndpoints]:
     """Triton (+ the gateway unless ``gateway_port`` is None) serving ``repo``, ready on entry,
     supervised, stopped on exit."""
     repo = Path(repo)
+    overrides = ConfigOverrides(instances, ort_threads, precision, engine, engine_precision)
     missing = missing_model_files(repo)
     if missing:
         raise TokfilterError(f"model file missing: {missing[0]} ({len(missing)} missing; run `tokfilter model-repo`)")
@@ -122,14 +125,14 @@ def running_server(
     def launch() -> TritonProcess:
         triton = start_triton(repo, host, http_port, grpc_port, metrics_port, log_dir / f"triton-{grpc_port}.log", api_key)
         try:
-            load_models(triton, repo, instances, ort_threads, precision)
+            load_models(triton, repo, overrides)
         except BaseException:
             triton.stop()
             raise
         return triton
 
     status_path = log_dir / f"status-{grpc_port}.json"
-    supervisor = Supervisor(launch, lambda triton, model: load_models(triton, repo, instances, ort_threads, precision, (model,)),
+    supervisor = Supervisor(launch, lambda triton, model: load_models(triton, repo, overrides, (model,)),
                             status_path, api_key, supervision)
     supervisor.start()
     try:
@@ -152,6 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instances", type=int, default=None, help="model instances per model (default: the config's)")
     parser.add_argument("--ort-threads", type=int, default=None, help="ONNX Runtime threads per instance (0: all cores)")
     parser.add_argument("--precision", choices=["fp32", "int8"], default=None, help="model file to serve (default: the config's, fp32)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="engine of the window models and filter_text (default: the config's, auto: by the CPU, docs/engines.md)")
+    parser.add_argument("--engine-precision", default=None, metavar="fp32|bf16|fp16",
+                        help="precision the engine runs the fp32 model file at (default: the engine's; see docs/engines.md)")
     defaults = SupervisorSettings()
     parser.add_argument("--health-interval", type=float, default=defaults.interval_s, metavar="SECONDS",
                         help="seconds between health checks (Triton live, a tiny inference per model) (default: %(default)s)")
@@ -175,7 +182,8 @@ def main(args: argparse.Namespace) -> int:
         raise TokfilterError("--health-interval and --failure-window must be > 0, --max-failures >= 0")
     supervision = SupervisorSettings(interval_s=args.health_interval, max_failures=args.max_failures, failure_window_s=args.failure_window)
     with running_server(args.repo, args.host, args.grpc_port, args.http_port, args.metrics_port, args.gateway_port,
-                        args.api_key, args.instances, args.ort_threads, args.precision, supervision=supervision) as ep:
+                        args.api_key, args.instances, args.ort_threads, args.precision, args.engine, args.engine_precision,
+                        supervision=supervision) as ep:
         print(f"Triton gRPC   {ep.grpc_url}\nTriton HTTP   {ep.http_url}\nMetrics       {ep.metrics_url}\n"
               f"REST gateway  {ep.gateway_url}  (POST /v1/filter, OpenAPI at /docs)\n"
               f"models ready: {', '.join(SERVED_MODELS)}; stop with Ctrl-C", flush=True)

@@ -16,7 +16,7 @@ from tokfilter.clients.engines.ray import run_ray
 from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.identity import IDENTITY_FIELDS, identity_difference, identity_from_parameters, identity_parameters
-from tokfilter.server.model_repo import place_models, served_config
+from tokfilter.server.model_repo import ConfigOverrides, place_models, served_config
 from tokfilter.server.serve import running_server
 from tokfilter.server.triton import free_port, start_triton
 from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
@@ -86,7 +86,7 @@ def test_the_served_model_refuses_to_load_files_other_than_its_published_identit
     _, _, repo = job
     triton = start_triton(repo, "127.0.0.1", free_port(), free_port(), free_port(), tmp_path / "triton.log")
     try:
-        config = json.loads(served_config(repo, "token_classifier", None, 1, "fp32"))
+        config = json.loads(served_config(repo, "token_classifier", ConfigOverrides(ort_threads=1, precision="fp32")))
         published = config["parameters"]["onnx_sha256"]["string_value"]
         config["parameters"]["onnx_sha256"]["string_value"] = "0" * 64  # the file changed after the launcher read it
         with pytest.raises(TokfilterError, match=r"loaded model differs from the identity its config publishes \(onnx_sha256"):

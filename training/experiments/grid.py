@@ -83,7 +83,7 @@ def filter_split(corpus_dir: Path, token_model: Path, doc_model: Path, tokenizer
         return
     from tokfilter.clients.engines.local import FilterSettings, run_local
 
-    log(f"filtering the train split into {shards_dir} (in-process ONNX Runtime)")
+    log(f"filtering the train split into {shards_dir} (in process; the engines are named below)")
     settings = FilterSettings(token_model=str(token_model), doc_model=str(doc_model), target_tokenizer=str(tokenizer),
                               threads=threads)
     run_local([str(corpus_dir / "train.jsonl")], shards_dir, settings, resume=True)
