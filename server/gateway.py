@@ -108,7 +108,7 @@ class SupervisorCollector:
 
     def collect(self):
         status = read_status(self.status_path) or {}
-        events = CounterMetricFamily("tokfilter_supervisor_events", "supervisor events: process_died, model_failed, "
+        events = CounterMetricFamily("tokfilter_supervisor_events", "supervisor events: process_died, model_failed, model_busy, "
                                      "model_reloaded, reload_failed, orphans_killed, triton_restarted, restart_failed, "
                                      "round_failed, gave_up", labels=["event"])
         for name, count in (status.get("events") or {}).items():

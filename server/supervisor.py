@@ -8,6 +8,10 @@ says not ready at once (a round can take seconds under load) and a round starts.
 
 - a model fails its inference (its python-backend stub died: "Stub process ... is not healthy"):
   the model is unloaded and loaded again through Triton's model-control API (with the admin secret);
+  a probe that only times out counts towards a reload (after ``TIMEOUTS_BEFORE_RELOAD`` in a row)
+  only while the model's stubs use no CPU: a stub that computes is busy behind a long queue (one
+  execution of a full dynamic batch takes minutes on a small CPU), not hung, and reloading it would
+  drop the work in flight;
 - tritonserver is gone or not live: the stubs it left (reparented to init, still in its session)
   are killed, their shared-memory regions removed, and Triton is started again with every model;
   a restart that fails is retried with doubling pauses;
@@ -41,7 +45,7 @@ import numpy as np
 from tokfilter.clients.filter_client import key_headers
 from tokfilter.errors import TokfilterError
 from tokfilter.server.model_repo import SERVED_MODELS
-from tokfilter.server.triton import TritonProcess, process_alive, stop_process_group
+from tokfilter.server.triton import TritonProcess, cpu_ticks, process_alive, stop_process_group
 
 log = logging.getLogger("tokfilter.serve")
 WATCH_S = 0.2  # how often the processes are looked at between rounds
@@ -133,6 +137,7 @@ class Supervisor:
         self.triton: TritonProcess | None = None
         self._recoveries: deque[float] = deque()
         self._timeouts: Counter = Counter()
+        self._stub_ticks: dict[str, dict[int, int | None]] = {}  # model -> stub pid -> CPU ticks at the last timed-out probe
         self._stubs: dict[int, str] = {}  # pid -> model of the stubs the watcher looks at
         self._died_at = 0.0  # when the watcher last saw a process exit
         self._stop = threading.Event()
@@ -243,11 +248,17 @@ class Supervisor:
             return False  # the next round restarts it
         to_reload = []
         for model, error in failing.items():
-            self._event("model_failed", f"{model}: {error}")
             if "deadline" in error.lower():
+                if self.stubs_computing(model):
+                    self._event("model_busy", f"{model}: probe timed out while its stubs compute")
+                    self._timeouts[model] = 0
+                    continue
+                self._event("model_failed", f"{model}: {error}")
                 self._timeouts[model] += 1
                 if self._timeouts[model] < TIMEOUTS_BEFORE_RELOAD:
                     continue
+            else:
+                self._event("model_failed", f"{model}: {error}")
             to_reload.append(model)
         if to_reload and not self._count_recovery():  # one recovery per round, however many models it reloads
             return False
@@ -270,6 +281,15 @@ class Supervisor:
             return False
         finally:
             client.close()
+
+    def stubs_computing(self, model: str) -> bool:
+        """Whether the stubs of ``model`` used CPU since this was last asked (the first ask: since
+        they started; a stub that is gone does not compute)."""
+        with self._status_lock:
+            pids = [pid for pid, m in self._stubs.items() if m == model]
+        ticks = {pid: cpu_ticks(pid) for pid in pids}
+        before, self._stub_ticks[model] = self._stub_ticks.get(model, {}), ticks
+        return any(t is not None and t > before.get(pid, 0) for pid, t in ticks.items())
 
     def _probe_models(self) -> dict[str, str | None]:
         """Each model's error on a tiny inference, None where it answered."""

@@ -130,6 +130,16 @@ def session_processes(sid: int) -> dict[int, list[str]]:
     return found
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of ``pid`` in clock ticks, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
@@ -186,18 +196,22 @@ class TritonProcess:
     def wait_live(self, timeout: float = 60.0) -> None:
         import tritonclient.http as httpclient
 
+        # closed in this thread: a gevent-based client collected in another prints AttributeError tracebacks
         client = httpclient.InferenceServerClient(self.http_url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise TokfilterError(f"tritonserver exited with code {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if client.is_server_live():
-                    return
-            except Exception:  # not listening yet
-                pass
-            time.sleep(0.2)
-        raise TokfilterError(f"tritonserver not live after {timeout:.0f} s:\n{self.log_tail()}")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise TokfilterError(f"tritonserver exited with code {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.is_server_live():
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.2)
+            raise TokfilterError(f"tritonserver not live after {timeout:.0f} s:\n{self.log_tail()}")
+        finally:
+            client.close()
 
     def load(self, model: str, config_json: str) -> None:
         import tritonclient.http as httpclient
