@@ -68,11 +68,12 @@ def flagged_by_doc(out_dir: Path, threshold: float) -> dict[str, np.ndarray]:
             for s in shards for d, a, n in zip(s.doc_ids, s.starts, s.lengths)}
 
 
-def quality(pipeline: ScoringPipeline, docs: list[dict], doc_threshold: float) -> dict:
-    """Token and document precision/recall/F1 of a pipeline on ``docs`` at its thresholds."""
-    scored = pipeline.score([d["text"] for d in docs])
+def quality(score, token_threshold: float, docs: list[dict], doc_threshold: float) -> dict:
+    """Token and document precision/recall/F1 on labelled ``docs`` of ``score`` (texts -> document
+    scores: a pipeline's ``score``, a FilterClient's ``filter``) at the given thresholds."""
+    scored = score([d["text"] for d in docs])
     token_labels = np.concatenate([token_labels_from_spans(r.offsets, d["meta"].get("label_spans", [])) for r, d in zip(scored, docs)])
-    token = binary_metrics(token_labels, np.concatenate([r.token_probs for r in scored]), pipeline.threshold)
+    token = binary_metrics(token_labels, np.concatenate([r.token_probs for r in scored]), token_threshold)
     document = binary_metrics(np.array([document_label(d) for d in docs]), np.array([r.doc_score for r in scored]), doc_threshold)
     return {"token_f1": token["f1"], "token_precision": token["precision"], "token_recall": token["recall"],
             "doc_f1": document["f1"], "doc_precision": document["precision"], "doc_recall": document["recall"]}
@@ -129,7 +130,7 @@ def main() -> int:
     configs = configurations(args)
     pipelines = {name: pipeline_of(settings, args.threads) for name, (settings, _) in configs.items()}
     n_tokens = sum(len(e.ids) for e in pipelines["two models fp32"].encode(texts))
-    scores = {name: quality(pipelines[name], docs, doc_threshold) for name, (_, doc_threshold) in configs.items()}
+    scores = {name: quality(pipelines[name].score, pipelines[name].threshold, docs, doc_threshold) for name, (_, doc_threshold) in configs.items()}
     for pipeline in pipelines.values():
         raw_model_seconds(pipeline, texts[: args.buffer_docs], args.buffer_docs)  # warm-up
 

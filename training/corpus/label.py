@@ -306,5 +306,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"  {split}: {s['docs']:,} documents ({s['interleaved_docs']:,} interleaved), {s['labelled_share']:.2%} of characters labelled {settings.domain}, "
               f"{s['forget_docs']:,} with a {settings.domain} sentence")
     print(f"corpus {args.out} labelled in {time.monotonic() - started:.0f}s; train with "
-          f"`tokfilter train-classifier --task token --corpus {args.out}`")
+          f"`tokfilter train-classifier --task joint --corpus {args.out}` (token and document heads, the default model; "
+          f"--task token for a token model alone)")
     return 0
