@@ -39,6 +39,7 @@ from tokfilter.errors import TokfilterError
 from tokfilter.identity import identity_difference, model_identity
 from tokfilter.inference import file_precision
 from tokfilter.modelcard import load_model_card
+from tokfilter.progress import progress_bar
 from tokfilter.scoring import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_REQUEST_TOKENS, ScoringPipeline
 
 ON_ERROR = ("skip", "fail")
@@ -256,13 +257,10 @@ class InputProgress:
     """Progress over all inputs in bytes on disk, with documents/s and tokens/s (tqdm on stderr)."""
 
     def __init__(self, inputs: list[str], enabled: bool):
-        from tqdm import tqdm
-
         sizes = [0 if p == STDIN else Path(p).stat().st_size for p in inputs]
         self.done_before = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         self.positions = [[0] for _ in inputs]
-        self.bar = tqdm(total=sum(sizes) or None, unit="B", unit_scale=True, disable=not enabled or None,
-                        desc="filter", file=sys.stderr, dynamic_ncols=True)
+        self.bar = progress_bar(enabled, total=sum(sizes) or None, unit="B", unit_scale=True, desc="filter")
         self.start, self.docs, self.tokens = time.perf_counter(), 0, 0
 
     def update(self, input_index: int, docs: int, tokens: int) -> None:
@@ -271,7 +269,7 @@ class InputProgress:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.bar.n = self.done_before[input_index] + self.positions[input_index][0]
         self.bar.set_postfix_str(f"{self.docs / elapsed:.1f} docs/s, {self.tokens / elapsed:,.0f} tokens/s", refresh=False)
-        self.bar.refresh()
+        self.bar.update(0)  # shown when the bar's interval has passed
 
     def close(self) -> None:
         self.bar.close()

@@ -22,6 +22,7 @@ import numpy as np
 from tokfilter.clients.shards.masked import MODES
 from tokfilter.clients.shards.writer import Shard, open_shard, read_manifest
 from tokfilter.errors import TokfilterError
+from tokfilter.progress import progress_bar
 
 DEFAULT_BLOCK_TOKENS = 1 << 24
 _FLOAT16_POSITIVE_INF = 0x7C00  # bits of +inf; larger non-negative int16 views are NaNs
@@ -145,10 +146,7 @@ class Progress:
     """Shard tokens processed, tokens/s and ETA on stderr (tqdm); silent when disabled."""
 
     def __init__(self, total_tokens: int, enabled: bool, desc: str = "export"):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=desc, file=sys.stderr,
-                        disable=not enabled or None, dynamic_ncols=True, mininterval=1.0)
+        self.bar = progress_bar(enabled, total=total_tokens, unit="tok", unit_scale=True, desc=desc)
 
     def update(self, tokens: int) -> None:
         self.bar.update(tokens)
