@@ -103,3 +103,15 @@ def test_bootstrap_reports_a_run_beyond_the_baselines_as_a_bound():
     assert low_rel == high_rel == "<" and low == pytest.approx(1e9 / 1e11) and high == pytest.approx(1e9 / 1e11)
     rising = [(c, passages(rng, loss, 100, 0.0)) for c, loss in ((1e9, 3.0), (1e10, 3.3))]
     assert bootstrap_ratios(rising, [far], replicates=10) == [None]  # no law: loss does not fall with compute
+
+
+@settings(max_examples=100, deadline=None)
+@given(law=laws, residual=st.floats(0.001, 0.05))
+def test_the_misfit_factor_is_the_ratio_an_unfiltered_run_that_far_off_the_law_reads(law, residual):
+    from tokfilter.training.experiments.report import misfit_factor
+
+    c = math.sqrt(law.c_min * law.c_max)  # mid-range, so that a factor up to ~17x stays inside
+    factor = misfit_factor(residual, law.b)
+    assume(factor < 17)
+    value, relation = compute_ratio(law, law.loss_at(c) * math.exp(residual), c)  # loss above the law: looks like less compute
+    assert relation == "=" and value == pytest.approx(1 / factor, rel=1e-6)

@@ -4,6 +4,7 @@ choice of each kind, the ablations this grid has runs for, and PNG plots."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -123,10 +124,20 @@ def law_lines(laws: dict) -> list[str]:
             lines.append(f"- {domain}: no law ({law['why']}); no compute ratios")
             continue
         fit = law["law"]
+        misfit = misfit_factor(law["max_abs_log_residual"], fit["b"])
         lines.append(f"- {domain}: ln L = {fit['a']:.3f} + ({fit['b']:.4f}) ln C on {law['baseline_runs']} unfiltered runs "
                      f"({law['sizes']} sizes x {law['budgets']} budgets), C from {fit['c_min']:.3g} to {fit['c_max']:.3g} FLOPs; "
-                     f"largest |log residual| {law['max_abs_log_residual']:.3f}")
+                     f"largest |log residual| {law['max_abs_log_residual']:.3f}, i.e. an unfiltered run can sit a factor "
+                     f"{misfit:.3g} in compute off the law: ratios between 1/{misfit:.3g}x and {misfit:.3g}x do not tell a "
+                     "filtered run from an unfiltered one")
     return lines
+
+
+def misfit_factor(max_abs_log_residual: float, slope: float) -> float:
+    """The compute factor that the law's largest residual amounts to (ln L moves by |b| per e-fold of
+    compute): the unfiltered runs' own ratios scatter this far around 1x, which the bootstrap
+    interval (passage sampling only) does not show."""
+    return math.exp(max_abs_log_residual / abs(slope))
 
 
 def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], analysis: dict, plots: list[str],
