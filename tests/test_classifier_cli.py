@@ -53,3 +53,13 @@ def test_eval_max_docs_must_be_positive(tiny_corpus_dir, capsys):
     rc, err = run(["eval-classifier", "--corpus", str(tiny_corpus_dir), "--max-docs", "0"], capsys)
     assert rc == 2
     assert "--max-docs" in err
+
+
+def test_init_must_be_a_classifier_of_the_task_and_depth(tiny_corpus_dir, tiny_models_dir, tmp_path, capsys):
+    base = ["train-classifier", "--corpus", str(tiny_corpus_dir), "--out", str(tmp_path), "--init"]
+    rc, err = run([*base, str(tiny_models_dir / "doc_classifier"), "--task", "token", "--layers", "1"], capsys)
+    assert rc == 2 and "is a document model; --task token fine-tunes a token model" in err
+    rc, err = run([*base, str(tiny_models_dir / "token_classifier"), "--task", "token", "--layers", "3"], capsys)
+    assert rc == 2 and "has 1 encoder layers; pass --layers 1" in err
+    rc, err = run([*base, str(tmp_path / "absent"), "--task", "token"], capsys)
+    assert rc == 2 and "model card not found" in err

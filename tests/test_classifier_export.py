@@ -1,11 +1,13 @@
 """ONNX export parity, saved thresholds, and eval-classifier on the tiny exported models."""
 
+import io
 import json
 
 import numpy as np
 import pytest
 
 from tokfilter.cli import main as cli_main
+from tokfilter.digest import file_sha256
 from tokfilter.inference import OnnxWindowScorer
 from tokfilter.modelcard import load_model_card
 from tokfilter.training.classifier.train import binary_metrics, build_model, encoder_path, load_split, score_split, torch_score_fn
@@ -127,3 +129,18 @@ def test_eval_classifier_scores_both_heads_of_a_joint_model(tiny_joint_model_dir
     assert result["threshold"] == pytest.approx(card.threshold, abs=1e-4)
     assert result["doc_threshold"] == pytest.approx(card.doc_threshold, abs=1e-4)
     assert 0 <= result["token_f1"] <= 1 and 0 <= result["doc_f1"] <= 1
+
+
+def test_init_fine_tunes_the_exported_weights(tiny_models_dir, tiny_corpus_dir, tmp_path):
+    """One step at a vanishing learning rate from ``--init``: the new export scores like the old one
+    (a fresh head would score at random), and its card names where it started."""
+    from tokfilter.training.classifier.train import TrainConfig, train_classifier
+
+    init = tiny_models_dir / "token_classifier"
+    config = TrainConfig(task="token", layers=1, max_steps=1, batch_size=8, lr=1e-12, max_length=64, stride=16, init=str(init))
+    card = train_classifier(config, tiny_corpus_dir, tmp_path / "tuned", threads=2, log=io.StringIO())
+    assert card["extra"]["train_config"]["init"] == str(init)
+    assert card["extra"]["init_onnx_sha256"] == file_sha256(init / "model.onnx")
+    tokenizer = load_tokenizer(init / "tokenizer.json")
+    ids, mask = pad_batch([np.asarray(tokenizer.encode(t).ids) for t in ("insulin dose for the patient", "the cell divides")])
+    np.testing.assert_allclose(OnnxWindowScorer(tmp_path / "tuned")(ids, mask) * mask, OnnxWindowScorer(init)(ids, mask) * mask, atol=1e-4)

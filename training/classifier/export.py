@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokfilter.digest import file_sha256
 from tokfilter.errors import TokfilterError
 from tokfilter.inference import MODEL_FILES, OnnxWindowScorer, import_onnxruntime
 from tokfilter.modelcard import ModelCard
@@ -146,6 +147,7 @@ def export_classifier(model: torch.nn.Module, config: TrainConfig, tokenizer_pat
         num_layers=config.layers,
         extra={
             "train_config": vars(config).copy(),
+            **({"init_onnx_sha256": file_sha256(Path(config.init) / MODEL_FILES["fp32"])} if config.init else {}),
             "exporter": EXPORTER,
             "opset": onnx_opset(out_dir / MODEL_FILES["fp32"]),
             "token_labels": "a token is positive when any of its characters lies in a label span",

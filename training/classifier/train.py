@@ -85,6 +85,7 @@ class TrainConfig:
     warmup_fraction: float = 0.06
     positive_fraction: float = 0.5
     calibration_docs: int = 800  # validation documents scored for calibration (seeded sample)
+    init: str | None = None  # an exported classifier of the same task and depth to fine-tune, instead of fresh heads
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -399,6 +400,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-noise", type=float, default=d.label_noise, help="flip each token label with this probability")
     parser.add_argument("--calibration-docs", type=int, default=d.calibration_docs,
                         help="validation documents (a seeded sample) scored to calibrate the thresholds")
+    parser.add_argument("--init", default=None, metavar="MODEL_DIR",
+                        help="start from this exported classifier (same --task and --layers) instead of fresh heads: "
+                             "fine-tune the default model on a corpus of your own")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
@@ -433,6 +437,8 @@ def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource],
     from tokfilter.windows import load_tokenizer
 
     validate_config(config)
+    if config.init is not None:
+        check_init(config)  # before the corpus is read
     corpora = [(Path(corpus), 1)] if isinstance(corpus, (str, Path)) else [(Path(d), n) for d, n in corpus]
     train_docs = load_corpora(corpora, "train")
     val_docs = sample_docs(load_corpora(corpora, "validation"), config.calibration_docs, config.seed)
@@ -443,7 +449,7 @@ def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource],
     sequences = WindowSequences.for_tokenizer(tokenizer, config.max_length, config.stride)
     windows = make_windows(encode_documents(tokenizer, train_docs), config.task, sequences)
     print(f"[train {config.task}] {len(train_docs)} docs -> {len(windows)} windows", file=log, flush=True)
-    model = build_model(config.task, config.layers, config.seed)
+    model = initial_model(config)
     stats = train_model(model, windows, config, log=log)
     card = export_classifier(
         model,
@@ -458,12 +464,40 @@ def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource],
     return asdict(card)
 
 
+def initial_model(config: TrainConfig) -> torch.nn.Module:
+    """What training starts from: MiniLM-L6's first ``layers`` layers with fresh heads, or with
+    ``init`` the weights of an exported classifier (its ``model.onnx``), so that a model of one's
+    own corpus can start from the default one instead of from scratch."""
+    if config.init is None:
+        return build_model(config.task, config.layers, config.seed)
+    from tokfilter.torch_engine import torch_module_from_onnx
+
+    check_init(config)
+    torch.manual_seed(config.seed)  # the data order and dropout, as for a fresh model
+    module, _ = torch_module_from_onnx(config.init)
+    return module.train()
+
+
+def check_init(config: TrainConfig) -> None:
+    """``--init`` names an exported classifier of the task, depth and tokenizer being trained."""
+    from tokfilter.modelcard import load_model_card
+
+    init = Path(config.init)
+    card = load_model_card(init)
+    if card.task != config.task:
+        raise TokfilterError(f"--init {init} is a {card.task} model; --task {config.task} fine-tunes a {config.task} model")
+    if card.num_layers != config.layers:
+        raise TokfilterError(f"--init {init} has {card.num_layers} encoder layers; pass --layers {card.num_layers}")
+    if file_sha256(init / "tokenizer.json") != file_sha256(encoder_path() / "tokenizer.json"):
+        raise TokfilterError(f"--init {init}: its tokenizer.json is not the encoder's ({ENCODER_NAME}); it cannot be fine-tuned here")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The settings the flags give; without --max-steps, the task's default step count."""
     return TrainConfig(
         task=args.task, layers=args.layers, max_steps=DEFAULT_MAX_STEPS[args.task] if args.max_steps is None else args.max_steps, batch_size=args.batch_size, lr=args.lr,
         max_length=args.max_length, stride=args.stride, seed=args.seed, label_noise=args.label_noise,
-        calibration_docs=args.calibration_docs,
+        calibration_docs=args.calibration_docs, init=args.init,
     )
 
 
