@@ -61,6 +61,8 @@ def test_token_vs_document_interpolates_inside_and_needs_dominance_outside():
     assert claim["evidence"][-1].startswith("token better in 2/3 comparisons; 1 of 4")
     assert not claim["reproduced"]
     assert claim_token_beats_document(docs + [inside, beyond], ["1m"])["reproduced"]
+    without_documents = claim_token_beats_document([inside, beyond], ["1m"])  # a grid of mask runs only
+    assert not without_documents["testable"] and "no document runs; not comparable" in without_documents["evidence"][0]
 
 
 def test_config_errors_name_the_field(tmp_path):
