@@ -12,7 +12,6 @@ no Python runs per token.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator

@@ -466,13 +466,12 @@ def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource],
 
 def initial_model(config: TrainConfig) -> torch.nn.Module:
     """What training starts from: MiniLM-L6's first ``layers`` layers with fresh heads, or with
-    ``init`` the weights of an exported classifier (its ``model.onnx``), so that a model of one's
-    own corpus can start from the default one instead of from scratch."""
+    ``init`` the weights of an exported classifier (its ``model.onnx``; ``check_init`` has passed), so
+    that a model of one's own corpus can start from the default one instead of from scratch."""
     if config.init is None:
         return build_model(config.task, config.layers, config.seed)
     from tokfilter.torch_engine import torch_module_from_onnx
 
-    check_init(config)
     torch.manual_seed(config.seed)  # the data order and dropout, as for a fresh model
     module, _ = torch_module_from_onnx(config.init)
     return module.train()
