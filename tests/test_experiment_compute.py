@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from tokfilter.training.experiments.compute import (
-    ComputeLaw, bootstrap_ratios, compute_ratio, fit_compute_law, format_interval, format_ratio, percentile_interval,
+    ComputeLaw, bootstrap_ratios, compute_ratio, fit_compute_law, format_interval, format_ratio, misfit_factor, percentile_interval,
 )
 
 laws = st.builds(ComputeLaw, a=st.floats(0.5, 3), b=st.floats(-0.5, -0.005), c_min=st.floats(1e9, 1e11),
@@ -108,8 +108,6 @@ def test_bootstrap_reports_a_run_beyond_the_baselines_as_a_bound():
 @settings(max_examples=100, deadline=None)
 @given(law=laws, residual=st.floats(0.001, 0.05))
 def test_the_misfit_factor_is_the_ratio_an_unfiltered_run_that_far_off_the_law_reads(law, residual):
-    from tokfilter.training.experiments.report import misfit_factor
-
     c = math.sqrt(law.c_min * law.c_max)  # mid-range, so that a factor up to ~17x stays inside
     factor = misfit_factor(residual, law.b)
     assume(factor < 17)

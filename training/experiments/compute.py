@@ -60,6 +60,13 @@ def compute_ratio(law: ComputeLaw, loss: float, compute: float) -> Ratio:
     return math.exp(log_matched - math.log(compute)), "="
 
 
+def misfit_factor(max_abs_log_residual: float, slope: float) -> float:
+    """The compute factor that the law's largest residual amounts to (ln L moves by |b| per e-fold of
+    compute): the unfiltered runs' own ratios scatter this far around 1x, which the bootstrap
+    interval (passage sampling only) does not show."""
+    return math.exp(max_abs_log_residual / abs(slope))
+
+
 def format_ratio(ratio: Ratio | None) -> str:
     """``0.25`` reads "1/4x", ``30`` reads "30x"; bounds keep their relation: "< 1/30x"."""
     if ratio is None:

@@ -4,7 +4,6 @@ choice of each kind, the ablations this grid has runs for, and PNG plots."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from tokfilter.training.experiments.ablations import ablation_sections
 from tokfilter.training.experiments.claims import above_chance, claim_status
-from tokfilter.training.experiments.compute import format_interval, format_ratio
+from tokfilter.training.experiments.compute import format_interval, format_ratio, misfit_factor
 from tokfilter.training.experiments.config import ExperimentConfig
 from tokfilter.training.experiments.grid import Inputs
 from tokfilter.training.pretrain.evaluate import FORGET, RETAIN
@@ -132,12 +131,6 @@ def law_lines(laws: dict) -> list[str]:
                      "filtered run from an unfiltered one")
     return lines
 
-
-def misfit_factor(max_abs_log_residual: float, slope: float) -> float:
-    """The compute factor that the law's largest residual amounts to (ln L moves by |b| per e-fold of
-    compute): the unfiltered runs' own ratios scatter this far around 1x, which the bootstrap
-    interval (passage sampling only) does not show."""
-    return math.exp(max_abs_log_residual / abs(slope))
 
 
 def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], analysis: dict, plots: list[str],
