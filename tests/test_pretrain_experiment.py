@@ -12,7 +12,7 @@ from tokfilter.cli import main as cli_main
 from tokfilter.errors import TokfilterError
 from tokfilter.training.experiments.claims import claim_multiple_choice, claim_token_beats_document, interpolate_at
 from tokfilter.training.experiments.config import ExperimentConfig, config_path
-from tokfilter.training.experiments.grid import claim_work_dir, plan_runs, threshold_for_fraction
+from tokfilter.training.experiments.grid import claim_work_dir, plan_runs, same_run, threshold_for_fraction
 from tokfilter.training.pretrain.model import GPT, config_for_size
 from tokfilter.training.pretrain.train import PretrainConfig, train
 from tokfilter.training.experiments.run import run_experiment
@@ -187,6 +187,18 @@ def test_a_work_dir_built_for_another_config_is_refused(tmp_path):
     config.corpus_size = "small"
     with pytest.raises(TokfilterError, match="corpus_size 'tiny' -> 'small'"):
         claim_work_dir(config, tmp_path)
+
+
+def test_a_finished_run_is_reused_across_caps_only_where_the_cap_did_not_stop_it():
+    expected = {"lr": 3e-3, "token_budget": 1000, "max_seen_factor": 5.0}
+    reached = {"config": {"lr": 3e-3, "token_budget": 1000}, "unmasked_tokens": 1003, "total_tokens": 1400}
+    assert same_run(reached, expected)  # written before the cap existed, reached its budget within it
+    assert not same_run({**reached, "total_tokens": 6000}, expected)  # the cap would have stopped it
+    capped = {"config": {"lr": 3e-3, "token_budget": 1000, "max_seen_factor": 2.0}, "unmasked_tokens": 90,
+              "total_tokens": 2010}
+    assert not same_run(capped, expected)  # a larger cap trains it further
+    assert same_run(capped, {**expected, "max_seen_factor": 2.0})
+    assert not same_run(reached, {**expected, "lr": 1e-3})
 
 
 @pytest.mark.slow

@@ -120,6 +120,18 @@ def test_all_masked_shards_fail_clearly(tmp_path):
         run(tmp_path, "mask", threshold=0.0, token_budget=100)
 
 
+def test_a_filter_masking_nearly_everything_stops_at_the_seen_cap(tmp_path):
+    # threshold 0.05 flags every word (p >= 0.1): only end-of-text targets stay, ~1 in 33
+    summary = run(tmp_path, "mask", threshold=0.05, token_budget=1000, max_seen_factor=3.0)
+    assert not summary["budget_reached"]
+    assert 0 < summary["unmasked_tokens"] < 1000
+    assert 3000 <= summary["total_tokens"] < 3000 + 4 * 16  # stops within one batch of the cap
+    assert summary["passes"] > 1  # one pass holds ~1300 targets
+    assert run(tmp_path, "nomask", token_budget=1000, max_seen_factor=3.0)["budget_reached"]
+    with pytest.raises(TokfilterError, match="max_seen_factor"):
+        run(tmp_path, "remove", max_seen_factor=0.5)
+
+
 def test_cli_rejects_bad_threshold(tmp_path, capsys):
     rc = cli_main(["pretrain", "--out", str(tmp_path / "r"), "--shards", str(tmp_path), "--threshold", "1.5"])
     assert rc == 2

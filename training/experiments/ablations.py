@@ -64,7 +64,8 @@ def variant_rows(runs: list[dict], config: ExperimentConfig, variants: dict[str,
             r = _main_mask_run(runs, size, name)
             if r is not None:
                 row["sizes"][size] = {"flagged": r["flagged_fraction"], "forget_rise": r["delta"][FORGET],
-                                      "retain_rise": r["delta"][RETAIN]}
+                                      "retain_rise": r["delta"][RETAIN], "budget_reached": r["train"].get("budget_reached", True),
+                                      "unmasked": r["train"]["unmasked_tokens"]}
         rows.append(row)
     return sorted(rows, key=lambda row: row["label_noise"]) if kind == "label_noise" else rows
 
@@ -90,8 +91,15 @@ def variant_table(rows: list[dict], sizes: list[str]) -> list[str]:
                 f"{auroc} | {r['threshold']:.3f} |")
         for size in sizes:
             s = r["sizes"].get(size)
-            line += " - | - | - |" if s is None else f" {s['flagged']:.1%} | {s['forget_rise']:+.3f} | {s['retain_rise']:+.3f} |"
+            if s is None:
+                line += " - | - | - |"
+                continue
+            saturated = "" if s["budget_reached"] else f" (budget not reached: {s['unmasked']:,} unmasked)"
+            line += f" {s['flagged']:.1%}{saturated} | {s['forget_rise']:+.3f} | {s['retain_rise']:+.3f} |"
         lines.append(line)
+    if any(not s["budget_reached"] for r in rows for s in r["sizes"].values()):
+        lines += ["", "A run whose filter masks nearly every token stops at its cap of seen tokens before its budget: "
+                      "its rises are those of a model that learned from that few tokens, the saturated end of the ablation."]
     return lines
 
 

@@ -263,6 +263,20 @@ def plan_runs(config: ExperimentConfig, thresholds: dict[str, list[dict]]) -> li
     return runs
 
 
+def same_run(summary: dict, expected: dict) -> bool:
+    """Whether a finished run (its ``summary.json``) is the run ``expected`` (a PretrainConfig as a
+    dict) asks for. The seen-token cap only has to match where it could have stopped the run: one
+    that reached its budget within the expected cap is the same run under either cap."""
+    done, wanted = dict(summary["config"]), dict(expected)
+    done_cap, wanted_cap = done.pop("max_seen_factor", None), wanted.pop("max_seen_factor")
+    if done != wanted:
+        return False
+    return done_cap == wanted_cap or (
+        summary["unmasked_tokens"] >= wanted["token_budget"]
+        and summary["total_tokens"] <= wanted_cap * wanted["token_budget"]
+    )
+
+
 def log(message: str) -> None:
     print(f"[experiment] {message}", file=sys.stderr, flush=True)
 
@@ -285,7 +299,7 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path, mcq_data:
         )
         summary_path = run_dir / "summary.json"
         expected = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(pretrain).items()}))
-        run["reused"] = summary_path.is_file() and json.loads(summary_path.read_text())["config"] == expected
+        run["reused"] = summary_path.is_file() and same_run(json.loads(summary_path.read_text()), expected)
         shards = inputs.shards_dir if run["shards"] == "main" else Path(inputs.variants[run["shards"]]["shards"])
         if run["reused"]:
             log(f"run {i + 1}/{len(runs)} {run['name']}: done before, reusing")
@@ -294,6 +308,9 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path, mcq_data:
             train(pretrain, vocab_size, shard_batches(shards, pretrain))
         run["dir"] = str(run_dir)
         run["train"] = json.loads(summary_path.read_text())
+        if not run["train"].get("budget_reached", True):
+            log(f"{run['name']} stopped at its seen-token cap before its budget: "
+                f"{run['train']['unmasked_tokens']:,} unmasked of {run['train']['total_tokens']:,} seen")
         if run["train"].get("passes", 1) > 1:
             log(f"{run['name']} read the shards {run['train']['passes']} times: its data repeated")
     reference = next(r for r in runs if r["run_type"] == "nomask" and r["primary"])

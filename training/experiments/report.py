@@ -152,6 +152,11 @@ def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], ana
         "Repeated data: " + (", ".join(f"{r['name']} read the shards {r['train']['passes']} times" for r in runs
                                        if r["train"].get("passes", 1) > 1) or "none (every run read its shards at most once)"),
         "",
+        "Budget not reached: " + (", ".join(
+            f"{r['name']} ({r['train']['unmasked_tokens']:,} unmasked of {r['train']['total_tokens']:,} seen, the cap of "
+            f"{r['train']['config']['max_seen_factor']:g}x its budget in seen tokens)"
+            for r in runs if not r["train"].get("budget_reached", True)) or "none (every run trained on its full budget)"),
+        "",
         "## Claims",
         "",
     ]
@@ -180,7 +185,8 @@ def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], ana
         adv_s = "" if adv is None else ("not within " + f"{adv['max_tokens']:,}" if adv["tokens_to_recover"] is None
                                         else f"{adv['tokens_to_recover']:,} ({adv['percent_of_pretraining']:.1f}%)")
         lines.append(
-            f"| {r['name']} | {r['threshold']:.3f} | {r['flagged_fraction']:.1%} | {r['train']['unmasked_tokens']:,} | "
+            f"| {r['name']} | {r['threshold']:.3f} | {r['flagged_fraction']:.1%} | {r['train']['unmasked_tokens']:,}"
+            f"{'' if r['train'].get('budget_reached', True) else ' (budget not reached)'} | "
             f"{r['train']['total_tokens']:,} | {r['losses'][FORGET]:.3f} | {r['losses'][RETAIN]:.3f} | "
             f"{r['losses']['general']:.3f} | {format_ratio(r['compute_ratio'][FORGET])} | "
             f"{format_interval(r['compute_interval'][FORGET])} | {adv_s} |"

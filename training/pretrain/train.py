@@ -3,7 +3,9 @@
 The token budget counts *unmasked* target tokens, the paper's rule: a filtered run sees more raw
 tokens than an unfiltered one until it has learned from as many targets. Both counts are logged.
 The learning-rate schedule (linear warmup, cosine decay) runs on that same unmasked-token progress,
-so it is defined before we know how many steps the budget will take.
+so it is defined before we know how many steps the budget will take. A filter that masks nearly
+every target could never reach the budget, so a run also stops after ``max_seen_factor`` times the
+budget in seen tokens and records that it did not reach it (``budget_reached``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class PretrainConfig:
     seq_len: int = 128
     batch_size: int = 16
     token_budget: int = 1_000_000  # unmasked target tokens
+    max_seen_factor: float = 5.0  # stop after this many times the budget in seen tokens (masking > 80% saturates)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_fraction: float = 0.05
@@ -59,6 +62,8 @@ class PretrainConfig:
         for name in ("seq_len", "batch_size", "token_budget"):
             if getattr(self, name) < 1:
                 raise TokfilterError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.max_seen_factor < 1.0:
+            raise TokfilterError(f"max_seen_factor: {self.max_seen_factor} must be >= 1 (seen tokens include the unmasked ones)")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise TokfilterError(f"warmup_fraction: {self.warmup_fraction} must be in [0, 1)")
         if self.precision not in PRECISIONS:
@@ -116,7 +121,8 @@ def format_eta(seconds: float) -> str:
 
 
 def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int], Iterable[Batch]]) -> dict:
-    """Train until ``token_budget`` unmasked targets are seen; write model, log and summary.
+    """Train until ``token_budget`` unmasked targets are seen (or ``max_seen_factor`` times as many
+    targets in all); write model, log and summary.
 
     ``make_batches(epoch)`` returns one pass over the data as (input_ids, targets, loss_weights)
     batches of shape [B, T]; it is called again for each further epoch.
@@ -128,8 +134,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
     out.mkdir(parents=True, exist_ok=True)
     model = GPT(config_for_size(config.size, vocab_size, config.seq_len)).to(config.device)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    state = {"step": 0, "unmasked_tokens": 0, "total_tokens": 0, "epoch": 0, "next_batch": 0,
-             "unmasked_at_epoch_start": 0, "losses": []}
+    state = {"step": 0, "unmasked_tokens": 0, "total_tokens": 0, "epoch": 0, "next_batch": 0, "losses": []}
     checkpoint_path = out / "checkpoint.pt"
     if config.resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location=config.device, weights_only=True)
@@ -142,21 +147,16 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
         state = checkpoint["state"]
         print(f"[{config.run_type} {config.size}] resuming at step {state['step']}", file=sys.stderr, flush=True)
     step, unmasked, total = state["step"], state["unmasked_tokens"], state["total_tokens"]
-    epoch_seen, unmasked_at_epoch_start, losses = state["epoch"], state["unmasked_at_epoch_start"], state["losses"]
+    epoch_seen, losses = state["epoch"], state["losses"]
     resumed_unmasked, resumed_total = unmasked, total
+    seen_cap = config.max_seen_factor * config.token_budget
     start = time.perf_counter()
     log_path = out / "train_log.jsonl"
     with open(log_path, "a" if step else "w") as log:
         for epoch, index, (input_ids, targets, weights) in repeat_epochs(make_batches, epoch_seen, state["next_batch"]):
-            if unmasked >= config.token_budget:
+            if unmasked >= config.token_budget or total >= seen_cap:
                 break
-            if epoch != epoch_seen:
-                if unmasked == unmasked_at_epoch_start:
-                    raise TokfilterError(
-                        f"threshold: {config.threshold} masks every target of the shards in {config.run_type} mode; "
-                        "the unmasked-token budget can never be reached"
-                    )
-                epoch_seen, unmasked_at_epoch_start = epoch, unmasked
+            epoch_seen = epoch
             input_ids, targets, weights = (t.to(config.device) for t in (input_ids, targets, weights))
             lr = learning_rate(unmasked / config.token_budget, config.lr, config.warmup_fraction, config.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -171,7 +171,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
             unmasked += count_unmasked(targets, weights)
             total += int((targets >= 0).sum())
             losses.append(float(loss.detach()))
-            if step % config.log_every == 0 or unmasked >= config.token_budget:
+            if step % config.log_every == 0 or unmasked >= config.token_budget or total >= seen_cap:
                 elapsed = time.perf_counter() - start
                 rate = (unmasked - resumed_unmasked) / elapsed
                 record = {
@@ -181,7 +181,9 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                eta = max(0, config.token_budget - unmasked) / rate if rate > 0 else float("inf")
+                seen_rate = (total - resumed_total) / elapsed
+                eta = min(max(0, config.token_budget - unmasked) / rate if rate > 0 else float("inf"),
+                          max(0, seen_cap - total) / seen_rate if seen_rate > 0 else float("inf"))
                 print(
                     f"[{config.run_type} {config.size}] step {step} loss {record['loss']:.3f} lr {lr:.2e} "
                     f"tokens {unmasked}/{config.token_budget} unmasked ({total} seen) "
@@ -190,13 +192,18 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
                 )
             if step % config.checkpoint_every == 0:
                 state = {"step": step, "unmasked_tokens": unmasked, "total_tokens": total, "epoch": epoch,
-                         "next_batch": index + 1, "unmasked_at_epoch_start": unmasked_at_epoch_start,
-                         "losses": losses[-config.log_every:]}
+                         "next_batch": index + 1, "losses": losses[-config.log_every:]}
                 tmp = checkpoint_path.with_name("checkpoint.pt.tmp")
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                             "config": {k: getattr(config, k) for k in RESUME_KEYS}}, tmp)
                 tmp.replace(checkpoint_path)
     elapsed = time.perf_counter() - start
+    if unmasked == 0:
+        raise TokfilterError(f"threshold: {config.threshold} masks every target of the shards in {config.run_type} mode "
+                             f"({total:,} seen); there is nothing to train on")
+    if unmasked < config.token_budget:
+        print(f"[{config.run_type} {config.size}] budget not reached: {unmasked:,} unmasked of {total:,} seen tokens "
+              f"(the cap is {config.max_seen_factor:g}x the budget in seen tokens)", file=sys.stderr, flush=True)
     n_params = model.num_params()
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
@@ -204,6 +211,7 @@ def train(config: PretrainConfig, vocab_size: int, make_batches: Callable[[int],
         "unmasked_tokens": unmasked,
         "total_tokens": total,
         "masked_fraction": 1.0 - unmasked / total if total else 0.0,
+        "budget_reached": unmasked >= config.token_budget,
         "non_embedding_params": n_params,
         "params": model.num_params(non_embedding=False),
         "compute_flops": 6 * n_params * unmasked,  # C = 6 N D, D = unmasked training tokens
@@ -250,6 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=d.seq_len)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--token-budget", type=int, default=d.token_budget, help="unmasked target tokens to train on")
+    parser.add_argument("--max-seen-factor", type=float, default=d.max_seen_factor,
+                        help="stop after this many times the budget in seen tokens, reached or not")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -264,7 +274,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """The run settings the flags give."""
     return PretrainConfig(
         out_dir=args.out, size=args.size, run_type=args.run_type, threshold=args.threshold, seq_len=args.seq_len,
-        batch_size=args.batch_size, token_budget=args.token_budget, lr=args.lr, warmup_fraction=args.warmup_fraction,
+        batch_size=args.batch_size, token_budget=args.token_budget, max_seen_factor=args.max_seen_factor, lr=args.lr, warmup_fraction=args.warmup_fraction,
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device, resume=args.resume,
         precision=args.precision,
     )
@@ -276,5 +286,5 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.shards).is_dir():
         raise TokfilterError(f"shards: {args.shards} is not a directory (run `tokfilter filter`)")
     summary = train(config, vocab_size_of(args.tokenizer), shard_batches(args.shards, config))
-    print(json.dumps({k: summary[k] for k in ("steps", "unmasked_tokens", "total_tokens", "final_train_loss")}))
+    print(json.dumps({k: summary[k] for k in ("steps", "unmasked_tokens", "total_tokens", "budget_reached", "final_train_loss")}))
     return 0
