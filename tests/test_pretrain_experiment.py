@@ -128,6 +128,13 @@ def test_smoke_experiment_end_to_end(tiny_corpus_dir, tiny_models_dir, tmp_path)
     for section in ("## Compute law", "### Absorbed knowledge", "## Ablation: filtering ratio", "## Ablation: label noise",
                     "## Ablation: weak-to-strong", "skipped: no --mcq-data"):
         assert section in report
+    # the report is written again from results.json alone, the same
+    written = report
+    for name in ("report.md", "frontier.png", "ablation_label_noise.png"):
+        (out / name).unlink()
+    assert cli_main(["experiment", "smoke", "--out", str(out), "--report-only"]) == 0
+    assert (out / "report.md").read_text() == written and (out / "ablation_label_noise.png").stat().st_size > 0
+    assert cli_main(["experiment", "smoke", "--out", str(tmp_path / "nothing"), "--report-only"]) == 2
     # a second call reuses the finished runs
     again = run_experiment(config, tiny_corpus_dir, tiny_models_dir, tmp_path / "tokenizer.json", tmp_path / "work",
                            out, threads=1)

@@ -137,7 +137,13 @@ def plot_variants(rows: list[dict], sizes: list[str], path: Path, kind: str) -> 
     for j, size in enumerate(sizes):
         for k, (key, name) in enumerate((("forget_rise", "medicine"), ("retain_rise", "biology"))):
             values = [r["sizes"].get(size, {}).get(key, float("nan")) for r in rows]
-            right.bar(x + (2 * j + k) * width - 0.4 + width / 2, values, width, label=f"{size} {name}")
+            bars = right.bar(x + (2 * j + k) * width - 0.4 + width / 2, values, width, label=f"{size} {name}")
+            for bar, r in zip(bars, rows):
+                if not r["sizes"].get(size, {}).get("budget_reached", True):
+                    bar.set_hatch("//")  # a run stopped at its seen-token cap: the saturated end
+    if any(not s["budget_reached"] for r in rows for s in r["sizes"].values()):
+        right.text(0.02, 0.97, "hatched: budget not reached\n(the filter masks nearly every token)",
+                   transform=right.transAxes, va="top", fontsize=7)
     right.axhline(0, color="k", linewidth=0.8)
     right.set_xticks(x, labels)
     right.set(ylabel="held-out loss rise over nomask, nats", title="Mask runs filtered by each classifier")

@@ -17,7 +17,8 @@ from pathlib import Path
 from tokfilter import paths
 from tokfilter.training.experiments.claims import analyse, claim_status
 from tokfilter.training.experiments.config import ExperimentConfig, config_path
-from tokfilter.training.experiments.grid import prepare_inputs, run_grid
+from tokfilter.errors import TokfilterError
+from tokfilter.training.experiments.grid import Inputs, prepare_inputs, run_grid
 from tokfilter.training.experiments.report import plot_all, write_report
 from tokfilter.training.pretrain.mcq import load_real_sets
 
@@ -51,10 +52,27 @@ def _run_experiment(config: ExperimentConfig, corpus_dir: Path, models_dir: Path
     analysis = analyse(runs, config.sizes, config.bootstrap_replicates, config.seed)
     plots = plot_all(runs, analysis, config, out_dir)
     elapsed = time.perf_counter() - start
-    results = {"config": asdict(config), "inputs": asdict(inputs), "runs": runs, "analysis": analysis, "elapsed_s": elapsed}
+    real_sets_note = "skipped: no --mcq-data" if mcq_data is None else f"none scored from {mcq_data}"
+    results = {"config": asdict(config), "inputs": asdict(inputs), "runs": runs, "analysis": analysis, "elapsed_s": elapsed,
+               "real_sets_note": real_sets_note}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=lambda x: None if x == math.inf else str(x)))
-    write_report(config, inputs, runs, analysis, plots, out_dir, elapsed,
-                 "skipped: no --mcq-data" if mcq_data is None else f"none scored from {mcq_data}")
+    write_report(config, inputs, runs, analysis, plots, out_dir, elapsed, real_sets_note)
+    return results
+
+
+def rewrite_report(out_dir: Path) -> dict:
+    """Analyse, plot and write the report again from ``out_dir/results.json``, after a change to the
+    analysis or the report: nothing is trained or evaluated, so it takes seconds, not the grid's hour."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise TokfilterError(f"--report-only: {path} not found (run the config without --report-only first)")
+    results = json.loads(path.read_text())
+    config, inputs, runs = ExperimentConfig(**results["config"]), Inputs(**results["inputs"]), results["runs"]
+    results["analysis"] = analyse(runs, config.sizes, config.bootstrap_replicates, config.seed)
+    plots = plot_all(runs, results["analysis"], config, Path(out_dir))
+    path.write_text(json.dumps(results, indent=1, default=lambda x: None if x == math.inf else str(x)))
+    write_report(config, inputs, runs, results["analysis"], plots, Path(out_dir), results["elapsed_s"],
+                 results.get("real_sets_note", "skipped: no --mcq-data"))
     return results
 
 
@@ -70,14 +88,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: all cores)")
     parser.add_argument("--mcq-data", type=Path, default=None,
                         help="folder with mmlu.jsonl, medmcqa.jsonl, medqa.jsonl: score the real sets too (skipped without it)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report again from OUT/results.json (after a change to the report code); trains nothing")
 
 
 def main(args: argparse.Namespace) -> int:
     config = ExperimentConfig.load(config_path(args.config))
     work = args.work or paths.ARTIFACTS / "experiments" / config.name
     out = args.out or RESULTS_DIR / f"experiment_{config.name}"
-    results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
-                             args.tokenizer or work / "tokenizer.json", work, out, args.threads, args.mcq_data)
+    if args.report_only:
+        results = rewrite_report(out)
+    else:
+        results = run_experiment(config, args.corpus or work / "corpus", args.models or work / "models",
+                                 args.tokenizer or work / "tokenizer.json", work, out, args.threads, args.mcq_data)
     for claim in results["analysis"]["claims"]:
         print(f"{claim_status(claim).upper()}: {claim['claim']}")
     print(f"report: {out / 'report.md'}")
