@@ -43,7 +43,7 @@ def ratio_rows(runs: list[dict], sizes: list[str]) -> list[dict]:
 def variant_rows(runs: list[dict], config: ExperimentConfig, variants: dict[str, dict], kind: str) -> list[dict]:
     """Classifier rows of the label-noise (``kind="label_noise"``) or weak-to-strong ablation: the
     main classifier and the variants trained on the corpus's labels, or the variants trained on
-    another's predictions with that other one."""
+    another's predictions with that other one, and main as the reference."""
     specs = {"main": {"name": "main", "label_noise": config.label_noise, "layers": config.classifier_layers,
                       "max_steps": config.classifier_max_steps, "labels_from": None}}
     specs.update({v["name"]: v for v in config.classifier_variants})
@@ -53,7 +53,11 @@ def variant_rows(runs: list[dict], config: ExperimentConfig, variants: dict[str,
         chosen = [n for n, v in specs.items() if v["labels_from"] is None]
     else:
         strong = [v["name"] for v in config.classifier_variants if v["labels_from"] is not None]
-        chosen = [n for n in specs if n in strong or any(specs[s]["labels_from"] == n for s in strong)]
+        if not strong:
+            return []
+        # the weak ones and the strong ones trained on them, then main (the corpus's labels) as the reference
+        chosen = [n for n in specs if n != "main" and (n in strong or any(specs[s]["labels_from"] == n for s in strong))]
+        chosen.append("main")
     rows = []
     for name in chosen:
         spec, metrics = specs[name], variants[name]["metrics"]
@@ -171,7 +175,8 @@ def ablation_sections(runs: list[dict], config: ExperimentConfig, variants: dict
                                       f"(0.5: no information left), each filtering at {at} (main: the grid's primary mask run)."),
         ("weak_to_strong", "weak-to-strong", "A classifier trained and calibrated on a weaker classifier's flagged spans "
                                             "(never the corpus's labels) against that weaker classifier; both scored on "
-                                            f"the test split's labels, each filtering at {at}."),
+                                            f"the test split's labels, each filtering at {at}; main (trained on the corpus's "
+                                            "labels) is the reference."),
     ):
         rows = variant_rows(runs, config, variants, kind)
         if rows:
