@@ -36,7 +36,8 @@ as teacher and interleaved, mixed into the default corpus):
     python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/token_classifier \\
         --model adapted=artifacts/models_adapted/token_classifier --doc-model adapted=artifacts/models/doc_classifier
 
-Writes benchmarks/results/real_text.{json,md,png}.
+Writes benchmarks/results/real_text.{json,md,png} and real_text_misses.md (the inserted sentences
+each model flags least, to read what it misses).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ DOMAINS = ("med", "bio", "bio_gray", "general")
 SPLITS = {"adapt": 0.5, "dev": 0.15, "test": 0.35}
 HOST_DOMAINS = ("bio", "general")
 INSERTED_WORDS = (8, 60)  # a sentence, not a heading or a fragment ("Inception cohort study.")
+MISSES_SHOWN = 15  # inserted sentences a model flags least, written to <stem>_misses.md to be read
 GOALS = {"mixed_token_f1": 0.85, "mixed_token_auroc": 0.95, "context_ratio": 0.8,
          "flagged_bio_max": 0.05, "flagged_general_max": 0.02, "flagged_med_min": 0.60}
 
@@ -201,6 +203,12 @@ def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tupl
     alone = score_with_progress(pipeline, [m.text[s:e] for m in mixed for s, e in m.inserted], "inserted sentences alone")
     in_context = all_probs[all_labels == 1] >= threshold
     alone_flagged = np.concatenate([r.token_probs for r in alone]) >= threshold
+    sentences = [(m.text[s:e], r, (s, e)) for m, r in zip(mixed, scored) for s, e in m.inserted]
+    per_sentence = [
+        {"sentence": text, "alone": float(np.mean(a.token_probs >= threshold)),
+         "in_context": float(np.mean(r.token_probs[token_labels_from_spans(r.offsets, [span]) == 1] >= threshold))}
+        for (text, r, span), a in zip(sentences, alone)
+    ]
     return {
         "mixed_docs": len(mixed), "mixed_tokens": int(len(all_labels)), "mixed_positive_share": float(all_labels.mean()),
         "mixed_token_precision": overall["precision"], "mixed_token_recall": overall["recall"],
@@ -209,6 +217,8 @@ def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tupl
                                                                     for r, lab in zip(scored, labels)])),
         "inserted_flagged_in_context": float(in_context.mean()), "inserted_flagged_alone": float(alone_flagged.mean()),
         "context_ratio": float(in_context.mean() / max(alone_flagged.mean(), 1e-12)),
+        "inserted_sentences_missed_alone": float(np.mean([x["alone"] < 0.5 for x in per_sentence])),
+        "misses": sorted(per_sentence, key=lambda x: (x["in_context"], x["alone"]))[:MISSES_SHOWN],
     }, scored
 
 
@@ -306,6 +316,7 @@ def markdown(result: dict) -> str:
         line("inserted sentences flagged, in context", lambda r: r["inserted_flagged_in_context"], pct),
         line("inserted sentences flagged, alone", lambda r: r["inserted_flagged_alone"], pct),
         line("**context ratio**", lambda r: r["context_ratio"]),
+        line("inserted sentences under half flagged, alone", lambda r: r["inserted_sentences_missed_alone"], pct),
         line("document score: recall on mixed docs, card threshold", lambda r: r["doc_recall_mixed_at_card"], pct),
         line("document score: recall on mixed docs, 95%-recall cut", lambda r: r["doc_recall_mixed_at_recall95"], pct),
         line("document score: med passages positive, card threshold", lambda r: r["doc_positive_share_at_card"]["med"], pct),
@@ -319,6 +330,19 @@ def markdown(result: dict) -> str:
     lines += ["", "Models: " + "; ".join(f"`{n}`: `{r['token_model']}` + `{r['doc_model']}`" for n, r in rows.items()),
               "", f"{result['machine']}; load average at the end {result['load_avg_end']}.", "",
               "![real text](real_text.png)", ""]
+    return "\n".join(lines)
+
+
+def misses_markdown(result: dict) -> str:
+    """The inserted sentences each model flags least in context: what "medicine" the model misses,
+    and whether a reader would call it medicine at all (a sentence cut from a PubMed abstract need not be)."""
+    lines = [f"# Inserted medical sentences flagged least ({result['split']} split)", "",
+             "Share of each sentence's word pieces flagged at the card threshold, inside its host paragraph and "
+             "scored alone; the sentences come from the split's med passages.", ""]
+    for name, row in result["rows"].items():
+        lines += [f"## `{name}`", "", "| in context | alone | sentence |", "|---:|---:|---|"]
+        lines += [f"| {x['in_context']:.0%} | {x['alone']:.0%} | {x['sentence'][:240].replace('|', '/')} |" for x in row["misses"]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -424,6 +448,7 @@ def main() -> int:
     md = markdown(result).replace("(real_text.png)", f"({stem}.png)")
     (args.out / f"{stem}.md").write_text(md)
     plot(result, args.out / f"{stem}.png")
+    (args.out / f"{stem}_misses.md").write_text(misses_markdown(result))
     print(md)
     return 0
 
