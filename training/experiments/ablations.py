@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokfilter.training.experiments.compute import format_ratio
 from tokfilter.training.experiments.config import ExperimentConfig
+from tokfilter.training.experiments.grid import budget_reached
 from tokfilter.training.pretrain.evaluate import FORGET, RETAIN
 
 
@@ -68,10 +69,15 @@ def variant_rows(runs: list[dict], config: ExperimentConfig, variants: dict[str,
             r = _main_mask_run(runs, size, name)
             if r is not None:
                 row["sizes"][size] = {"flagged": r["flagged_fraction"], "forget_rise": r["delta"][FORGET],
-                                      "retain_rise": r["delta"][RETAIN], "budget_reached": r["train"].get("budget_reached", True),
+                                      "retain_rise": r["delta"][RETAIN], "budget_reached": budget_reached(r),
                                       "unmasked": r["train"]["unmasked_tokens"]}
         rows.append(row)
     return sorted(rows, key=lambda row: row["label_noise"]) if kind == "label_noise" else rows
+
+
+def any_saturated(rows: list[dict]) -> bool:
+    """Whether a variant's run stopped at its seen-token cap before its budget (the saturated end)."""
+    return any(not s["budget_reached"] for r in rows for s in r["sizes"].values())
 
 
 def ratio_table(rows: list[dict]) -> list[str]:
@@ -101,7 +107,7 @@ def variant_table(rows: list[dict], sizes: list[str]) -> list[str]:
             saturated = "" if s["budget_reached"] else f" (budget not reached: {s['unmasked']:,} unmasked)"
             line += f" {s['flagged']:.1%}{saturated} | {s['forget_rise']:+.3f} | {s['retain_rise']:+.3f} |"
         lines.append(line)
-    if any(not s["budget_reached"] for r in rows for s in r["sizes"].values()):
+    if any_saturated(rows):
         lines += ["", "A run whose filter masks nearly every token stops at its cap of seen tokens before its budget: "
                       "its rises are those of a model that learned from that few tokens, the saturated end of the ablation."]
     return lines
@@ -145,7 +151,7 @@ def plot_variants(rows: list[dict], sizes: list[str], path: Path, kind: str) -> 
             for bar, r in zip(bars, rows):
                 if not r["sizes"].get(size, {}).get("budget_reached", True):
                     bar.set_hatch("//")  # a run stopped at its seen-token cap: the saturated end
-    if any(not s["budget_reached"] for r in rows for s in r["sizes"].values()):
+    if any_saturated(rows):
         right.text(0.02, 0.97, "hatched: budget not reached\n(the filter masks nearly every token)",
                    transform=right.transAxes, va="top", fontsize=7)
     right.axhline(0, color="k", linewidth=0.8)

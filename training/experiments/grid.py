@@ -277,6 +277,12 @@ def same_run(summary: dict, expected: dict) -> bool:
     )
 
 
+def budget_reached(run: dict) -> bool:
+    """Whether a run trained on its whole unmasked budget; runs written before the seen-token cap
+    existed always did (the trainer did not stop otherwise)."""
+    return run["train"].get("budget_reached", True)
+
+
 def log(message: str) -> None:
     print(f"[experiment] {message}", file=sys.stderr, flush=True)
 
@@ -308,7 +314,7 @@ def run_grid(config: ExperimentConfig, inputs: Inputs, work_dir: Path, mcq_data:
             train(pretrain, vocab_size, shard_batches(shards, pretrain))
         run["dir"] = str(run_dir)
         run["train"] = json.loads(summary_path.read_text())
-        if not run["train"].get("budget_reached", True):
+        if not budget_reached(run):
             log(f"{run['name']} stopped at its seen-token cap before its budget: "
                 f"{run['train']['unmasked_tokens']:,} unmasked of {run['train']['total_tokens']:,} seen")
         if run["train"].get("passes", 1) > 1:

@@ -13,7 +13,7 @@ from tokfilter.training.experiments.ablations import ablation_sections
 from tokfilter.training.experiments.claims import above_chance, claim_status
 from tokfilter.training.experiments.compute import format_interval, format_ratio, misfit_factor
 from tokfilter.training.experiments.config import ExperimentConfig
-from tokfilter.training.experiments.grid import Inputs
+from tokfilter.training.experiments.grid import Inputs, budget_reached
 from tokfilter.training.pretrain.evaluate import FORGET, RETAIN
 
 
@@ -132,7 +132,6 @@ def law_lines(laws: dict) -> list[str]:
     return lines
 
 
-
 def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], analysis: dict, plots: list[str],
                  out_dir: Path, elapsed_s: float, real_sets_note: str = "skipped: no --mcq-data") -> None:
     pretrain_s = sum(r["train"]["elapsed_s"] for r in runs)
@@ -155,7 +154,7 @@ def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], ana
         "Budget not reached: " + (", ".join(
             f"{r['name']} ({r['train']['unmasked_tokens']:,} unmasked of {r['train']['total_tokens']:,} seen, the cap of "
             f"{r['train']['config']['max_seen_factor']:g}x its budget in seen tokens)"
-            for r in runs if not r["train"].get("budget_reached", True)) or "none (every run trained on its full budget)"),
+            for r in runs if not budget_reached(r)) or "none (every run trained on its full budget)"),
         "",
         "## Claims",
         "",
@@ -186,7 +185,7 @@ def write_report(config: ExperimentConfig, inputs: Inputs, runs: list[dict], ana
                                         else f"{adv['tokens_to_recover']:,} ({adv['percent_of_pretraining']:.1f}%)")
         lines.append(
             f"| {r['name']} | {r['threshold']:.3f} | {r['flagged_fraction']:.1%} | {r['train']['unmasked_tokens']:,}"
-            f"{'' if r['train'].get('budget_reached', True) else ' (budget not reached)'} | "
+            f"{'' if budget_reached(r) else ' (budget not reached)'} | "
             f"{r['train']['total_tokens']:,} | {r['losses'][FORGET]:.3f} | {r['losses'][RETAIN]:.3f} | "
             f"{r['losses']['general']:.3f} | {format_ratio(r['compute_ratio'][FORGET])} | "
             f"{format_interval(r['compute_interval'][FORGET])} | {adv_s} |"
