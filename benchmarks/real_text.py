@@ -67,6 +67,10 @@ SPLITS = {"adapt": 0.5, "dev": 0.15, "test": 0.35}
 HOST_DOMAINS = ("bio", "general")
 INSERTED_WORDS = (8, 60)  # a sentence, not a heading or a fragment ("Inception cohort study.")
 MISSES_SHOWN = 15  # inserted sentences a model flags least, written to <stem>_misses.md to be read
+# Each inserted sentence read alone and labelled against a written guideline (data/realtext_sentence_labels.md):
+# a sentence cut from a medical passage need not be medicine.
+SENTENCE_LABELS = Path(__file__).resolve().parent / "data" / "realtext_sentence_labels.jsonl"
+SENTENCE_LABEL_VALUES = ("medicine", "borderline", "not_medicine")
 GOALS = {"mixed_token_f1": 0.85, "mixed_token_auroc": 0.95, "context_ratio": 0.8,
          "flagged_bio_max": 0.05, "flagged_general_max": 0.02, "flagged_med_min": 0.60}
 
@@ -149,6 +153,24 @@ def build_mixed_documents(passages: list[Passage], seed: int = 0) -> list[MixedD
     return documents
 
 
+def sentence_id(text: str) -> str:
+    """The key of a sentence in the label file: it holds no text of the shared data."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_sentence_labels(path: Path = SENTENCE_LABELS) -> dict[str, str]:
+    """sentence id -> label; {} when the file is absent (another seed or data: those metrics say n/a)."""
+    if not path.is_file():
+        return {}
+    labels = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        row = json.loads(line)
+        if row.get("label") not in SENTENCE_LABEL_VALUES:
+            raise ValueError(f"{path}:{number}: label must be one of {SENTENCE_LABEL_VALUES}, got {row.get('label')!r}")
+        labels[row["id"]] = row["label"]
+    return labels
+
+
 def score_with_progress(pipeline: ScoringPipeline, texts: list[str], what: str, chunk: int = 64) -> list[DocumentScores]:
     """``pipeline.score`` in chunks, printing tokens/s and ETA (a model takes minutes on 2 cores)."""
     results: list[DocumentScores] = []
@@ -188,24 +210,22 @@ def passage_metrics(pipeline: ScoringPipeline, passages: list[Passage]) -> tuple
     }, scored
 
 
-def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tuple[dict, list[DocumentScores]]:
-    """Token precision, recall, F1, AUROC on the mixed documents, and the context ratio."""
+def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument],
+                  sentence_labels: dict[str, str]) -> tuple[dict, list[DocumentScores]]:
+    """Token precision, recall, F1, AUROC on the mixed documents and the context ratio, with the passage
+    labels (every inserted sentence positive) and, where every inserted sentence has one, the sentence labels."""
     threshold = pipeline.threshold
     scored = score_with_progress(pipeline, [m.text for m in mixed], "mixed documents")
     labels = [token_labels_from_spans(r.offsets, m.inserted) for r, m in zip(scored, mixed)]
     all_labels, all_probs = np.concatenate(labels), np.concatenate([r.token_probs for r in scored])
     overall = binary_metrics(all_labels, all_probs, threshold)
-    by_host = {}
-    for host in HOST_DOMAINS:
-        keep = [i for i, m in enumerate(mixed) if m.host_domain == host]
-        by_host[host] = binary_metrics(np.concatenate([labels[i] for i in keep]),
-                                       np.concatenate([scored[i].token_probs for i in keep]), threshold)["f1"]
+    by_host = f1_by_host(mixed, labels, [r.token_probs for r in scored], threshold)
     alone = score_with_progress(pipeline, [m.text[s:e] for m in mixed for s, e in m.inserted], "inserted sentences alone")
     in_context = all_probs[all_labels == 1] >= threshold
     alone_flagged = np.concatenate([r.token_probs for r in alone]) >= threshold
     sentences = [(m.text[s:e], r, (s, e)) for m, r in zip(mixed, scored) for s, e in m.inserted]
     per_sentence = [
-        {"sentence": text, "alone": float(np.mean(a.token_probs >= threshold)),
+        {"sentence": text, "label": sentence_labels.get(sentence_id(text)), "alone": float(np.mean(a.token_probs >= threshold)),
          "in_context": float(np.mean(r.token_probs[token_labels_from_spans(r.offsets, [span]) == 1] >= threshold))}
         for (text, r, span), a in zip(sentences, alone)
     ]
@@ -218,8 +238,53 @@ def mixed_metrics(pipeline: ScoringPipeline, mixed: list[MixedDocument]) -> tupl
         "inserted_flagged_in_context": float(in_context.mean()), "inserted_flagged_alone": float(alone_flagged.mean()),
         "context_ratio": float(in_context.mean() / max(alone_flagged.mean(), 1e-12)),
         "inserted_sentences_missed_alone": float(np.mean([x["alone"] < 0.5 for x in per_sentence])),
+        "sentence_labelled": sentence_labelled_metrics(mixed, scored, alone, sentence_labels, threshold),
         "misses": sorted(per_sentence, key=lambda x: (x["in_context"], x["alone"]))[:MISSES_SHOWN],
     }, scored
+
+
+def f1_by_host(mixed: list[MixedDocument], labels: list[np.ndarray], probs: list[np.ndarray], threshold: float) -> dict:
+    """Token F1 over the mixed documents of each host domain (None for a domain with none)."""
+    by_host = {}
+    for host in HOST_DOMAINS:
+        keep = [i for i, m in enumerate(mixed) if m.host_domain == host]
+        by_host[host] = binary_metrics(np.concatenate([labels[i] for i in keep]), np.concatenate([probs[i] for i in keep]),
+                                       threshold)["f1"] if keep else None
+    return by_host
+
+
+def sentence_labelled_metrics(mixed: list[MixedDocument], scored: list[DocumentScores], alone: list[DocumentScores],
+                              sentence_labels: dict[str, str], threshold: float) -> dict:
+    """The mixed-document metrics with the sentence labels: positives are the inserted sentences labelled
+    medicine; the tokens of the other inserted sentences are left out (neither host text nor medicine).
+    ``alone`` holds the inserted sentences scored alone, in document order."""
+    kinds = [sentence_labels.get(sentence_id(m.text[s:e])) for m in mixed for s, e in m.inserted]
+    if not kinds or None in kinds:
+        return {"available": False, "unlabelled_sentences": sum(k is None for k in kinds), "inserted_total": len(kinds)}
+    ys, ps, drops, first = [], [], [], 0
+    for m, r in zip(mixed, scored):
+        spans = {label: [span for span, kind in zip(m.inserted, kinds[first:]) if kind == label] for label in SENTENCE_LABEL_VALUES}
+        first += len(m.inserted)
+        ys.append(token_labels_from_spans(r.offsets, spans["medicine"]))
+        drops.append(token_labels_from_spans(r.offsets, spans["borderline"] + spans["not_medicine"]) == 1)
+        ps.append(r.token_probs)
+    keep = [~d for d in drops]
+    y, p = np.concatenate([a[kept] for a, kept in zip(ys, keep)]), np.concatenate([a[kept] for a, kept in zip(ps, keep)])
+    overall = binary_metrics(y, p, threshold)
+    by_host = f1_by_host(mixed, [a[kept] for a, kept in zip(ys, keep)], [a[kept] for a, kept in zip(ps, keep)], threshold)
+    medicine = [i for i, kind in enumerate(kinds) if kind == "medicine"]
+    in_context = p[y == 1] >= threshold
+    alone_flagged = np.concatenate([alone[i].token_probs for i in medicine]) >= threshold
+    other = np.concatenate([pp[d] for pp, d in zip(ps, drops)])
+    return {
+        "available": True, "inserted_sentences": {label: kinds.count(label) for label in SENTENCE_LABEL_VALUES},
+        "token_precision": overall["precision"], "token_recall": overall["recall"], "token_f1": overall["f1"],
+        "token_auroc": auroc(y, p), "token_f1_by_host": by_host,
+        "flagged_in_context": float(in_context.mean()), "flagged_alone": float(alone_flagged.mean()),
+        "context_ratio": float(in_context.mean() / max(alone_flagged.mean(), 1e-12)),
+        "missed_alone": float(np.mean([np.mean(alone[i].token_probs >= threshold) < 0.5 for i in medicine])),
+        "other_inserted_flagged_in_context": float(np.mean(other >= threshold)) if len(other) else None,
+    }
 
 
 def document_metrics(doc_dir: Path, passages: list[Passage], passage_scores: list[DocumentScores],
@@ -241,12 +306,13 @@ def document_metrics(doc_dir: Path, passages: list[Passage], passage_scores: lis
     return row
 
 
-def evaluate_model(token_dir: Path, doc_dir: Path | None, passages: list[Passage], mixed: list[MixedDocument]) -> dict:
+def evaluate_model(token_dir: Path, doc_dir: Path | None, passages: list[Passage], mixed: list[MixedDocument],
+                   sentence_labels: dict[str, str]) -> dict:
     """Every metric of the module docstring for one token model (and its document model)."""
     started = time.perf_counter()
     pipeline = ScoringPipeline.from_model_dirs(token_dir, doc_dir)
     on_passages, passage_scores = passage_metrics(pipeline, passages)
-    on_mixed, mixed_scores = mixed_metrics(pipeline, mixed)
+    on_mixed, mixed_scores = mixed_metrics(pipeline, mixed, sentence_labels)
     row = {"token_model": str(token_dir), "doc_model": str(doc_dir) if doc_dir else None, "threshold": pipeline.threshold,
            "data_digest": load_model_card(token_dir).data_digest, **on_passages, **on_mixed}
     if pipeline.scores_documents:
@@ -255,12 +321,17 @@ def evaluate_model(token_dir: Path, doc_dir: Path | None, passages: list[Passage
     return row
 
 
-def goals_met(row: dict) -> dict[str, bool]:
-    f = row["flagged_share"]
+def goals_met(row: dict) -> dict[str, bool | None]:
+    """The issue's goals; those on the sentence labels are None where the labels do not cover the documents."""
+    f, labelled = row["flagged_share"], row["sentence_labelled"]
+    on_labels = (lambda key, goal: labelled[key] is not None and labelled[key] >= goal) if labelled["available"] else (lambda key, goal: None)
     return {
         "mixed token F1 >= 0.85": row["mixed_token_f1"] >= GOALS["mixed_token_f1"],
         "mixed token AUROC >= 0.95": (row["mixed_token_auroc"] or 0) >= GOALS["mixed_token_auroc"],
         "context ratio >= 0.8": row["context_ratio"] >= GOALS["context_ratio"],
+        "sentence labels: mixed token F1 >= 0.85": on_labels("token_f1", GOALS["mixed_token_f1"]),
+        "sentence labels: mixed token AUROC >= 0.95": on_labels("token_auroc", GOALS["mixed_token_auroc"]),
+        "sentence labels: context ratio >= 0.8": on_labels("context_ratio", GOALS["context_ratio"]),
         "bio flagged <= 5%": f["bio"] <= GOALS["flagged_bio_max"],
         "general flagged <= 2%": f["general"] <= GOALS["flagged_general_max"],
         "med flagged >= 60%": f["med"] >= GOALS["flagged_med_min"],
@@ -297,6 +368,10 @@ def markdown(result: dict) -> str:
         "Token metrics at each token model's card threshold; an inserted sentence's word pieces are the positives. "
         "Document recall: share of mixed documents whose document score reaches the document card's threshold, and its "
         "95%-recall threshold (the cascade's cut `--doc-prefilter`): the rest would skip the token model.", "",
+        "Sentence labels (`benchmarks/data/realtext_sentence_labels.md`): each inserted "
+        "sentence read alone and labelled medicine, borderline or not medicine against a written guideline, blind to any "
+        "model's scores. With them only the medicine sentences are positives and the other inserted sentences are left out "
+        "of the token metrics (n/a: some inserted sentence has no label, e.g. another seed).", "",
         *([result["note"], ""] if result.get("note") else []),
         head, sep,
         line("token threshold (card)", lambda r: r["threshold"]),
@@ -317,6 +392,19 @@ def markdown(result: dict) -> str:
         line("inserted sentences flagged, alone", lambda r: r["inserted_flagged_alone"], pct),
         line("**context ratio**", lambda r: r["context_ratio"]),
         line("inserted sentences under half flagged, alone", lambda r: r["inserted_sentences_missed_alone"], pct),
+        line("sentence labels: inserted sentences medicine / borderline / not", 
+             lambda r: " / ".join(str(r["sentence_labelled"]["inserted_sentences"][k]) for k in SENTENCE_LABEL_VALUES), "{}"),
+        line("sentence labels: token precision", lambda r: r["sentence_labelled"]["token_precision"]),
+        line("sentence labels: token recall", lambda r: r["sentence_labelled"]["token_recall"]),
+        line("sentence labels: **token F1**", lambda r: r["sentence_labelled"]["token_f1"]),
+        line("sentence labels: token F1, bio hosts", lambda r: r["sentence_labelled"]["token_f1_by_host"]["bio"]),
+        line("sentence labels: token F1, general hosts", lambda r: r["sentence_labelled"]["token_f1_by_host"]["general"]),
+        line("sentence labels: token AUROC", lambda r: r["sentence_labelled"]["token_auroc"]),
+        line("sentence labels: medicine sentences flagged, in context", lambda r: r["sentence_labelled"]["flagged_in_context"], pct),
+        line("sentence labels: medicine sentences flagged, alone", lambda r: r["sentence_labelled"]["flagged_alone"], pct),
+        line("sentence labels: **context ratio**", lambda r: r["sentence_labelled"]["context_ratio"]),
+        line("sentence labels: medicine sentences under half flagged, alone", lambda r: r["sentence_labelled"]["missed_alone"], pct),
+        line("sentence labels: other inserted sentences flagged, in context", lambda r: r["sentence_labelled"]["other_inserted_flagged_in_context"], pct),
         line("document score: recall on mixed docs, card threshold", lambda r: r["doc_recall_mixed_at_card"], pct),
         line("document score: recall on mixed docs, 95%-recall cut", lambda r: r["doc_recall_mixed_at_recall95"], pct),
         line("document score: med passages positive, card threshold", lambda r: r["doc_positive_share_at_card"]["med"], pct),
@@ -326,7 +414,8 @@ def markdown(result: dict) -> str:
         "", "| goal (issue 12) | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + ":-:|" * len(names),
     ]
     for goal in goals_met(rows[names[0]]):
-        lines.append(f"| {goal} | " + " | ".join("yes" if goals_met(rows[n])[goal] else "no" for n in names) + " |")
+        marks = {True: "yes", False: "no", None: "n/a"}
+        lines.append(f"| {goal} | " + " | ".join(marks[goals_met(rows[n])[goal]] for n in names) + " |")
     lines += ["", "Models: " + "; ".join(f"`{n}`: `{r['token_model']}` + `{r['doc_model']}`" for n, r in rows.items()),
               "", f"{result['machine']}; load average at the end {result['load_avg_end']}.", "",
               "![real text](real_text.png)", ""]
@@ -338,10 +427,11 @@ def misses_markdown(result: dict) -> str:
     and whether a reader would call it medicine at all (a sentence cut from a PubMed abstract need not be)."""
     lines = [f"# Inserted medical sentences flagged least ({result['split']} split)", "",
              "Share of each sentence's word pieces flagged at the card threshold, inside its host paragraph and "
-             "scored alone; the sentences come from the split's med passages.", ""]
+             "scored alone; the sentences come from the split's med passages; label: the sentence label (read alone).", ""]
     for name, row in result["rows"].items():
-        lines += [f"## `{name}`", "", "| in context | alone | sentence |", "|---:|---:|---|"]
-        lines += [f"| {x['in_context']:.0%} | {x['alone']:.0%} | {x['sentence'][:240].replace('|', '/')} |" for x in row["misses"]]
+        lines += [f"## `{name}`", "", "| in context | alone | label | sentence |", "|---:|---:|---|---|"]
+        lines += [f"| {x['in_context']:.0%} | {x['alone']:.0%} | {x.get('label') or 'n/a'} | {x['sentence'][:240].replace('|', '/')} |"
+                  for x in row["misses"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -356,7 +446,8 @@ def plot(result: dict, path: Path) -> None:
     metrics = [("med flagged", lambda r: r["flagged_share"]["med"]), ("bio flagged", lambda r: r["flagged_share"]["bio"]),
                ("bio_gray flagged", lambda r: r["flagged_share"]["bio_gray"]),
                ("general flagged", lambda r: r["flagged_share"]["general"]), ("mixed F1", lambda r: r["mixed_token_f1"]),
-               ("mixed AUROC", lambda r: r["mixed_token_auroc"] or 0.0), ("context ratio", lambda r: r["context_ratio"])]
+               ("mixed AUROC", lambda r: r["mixed_token_auroc"] or 0.0), ("context ratio", lambda r: r["context_ratio"]),
+               ("mixed F1,\nsentence labels", lambda r: r["sentence_labelled"].get("token_f1") or 0.0)]
     names = list(result["rows"])
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -416,6 +507,8 @@ def main() -> int:
     parser.add_argument("--max-per-domain", type=int, metavar="N", help="score a seeded sample of N passages per domain")
     parser.add_argument("--write-unlabelled", type=Path, metavar="OUT.jsonl",
                         help="write the --split passages as an unlabelled corpus (for `tokfilter label`) and stop")
+    parser.add_argument("--sentence-labels", type=Path, default=SENTENCE_LABELS,
+                        help="labels of the inserted sentences, read alone (JSONL of id, label; see benchmarks/data/)")
     parser.add_argument("--note", default="", help="a line for the markdown (how the models were trained, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
@@ -430,10 +523,11 @@ def main() -> int:
 
     passages = load_passages(args.data, args.split, args.seed, args.max_per_domain)
     mixed = build_mixed_documents(passages, args.seed)
+    sentence_labels = load_sentence_labels(args.sentence_labels)
     rows = {}
     for name, (token_dir, doc_dir) in model_rows(args.model or [str(paths.TOKEN_MODEL_DIR)], args.doc_model).items():
         print(f"{name}: {token_dir} + {doc_dir}", flush=True)
-        rows[name] = evaluate_model(token_dir, doc_dir, passages, mixed)
+        rows[name] = evaluate_model(token_dir, doc_dir, passages, mixed, sentence_labels)
     result = {
         "benchmark": "real_text", "data": str(args.data), "split": args.split, "seed": args.seed, "splits": SPLITS,
         "max_per_domain": args.max_per_domain, "note": args.note,

@@ -11,7 +11,12 @@ from hypothesis import given, settings, strategies as st
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from real_text import INSERTED_WORDS, MISSES_SHOWN, Passage, build_mixed_documents, medical_sentences  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from real_text import (INSERTED_WORDS, MISSES_SHOWN, MixedDocument, Passage, build_mixed_documents, load_sentence_labels,  # noqa: E402
+                       markdown, medical_sentences, sentence_id, sentence_labelled_metrics)
+
+from tokfilter.scoring import DocumentScores  # noqa: E402
 
 MED = ("Metformin lowers fasting blood glucose in adults with type 2 diabetes mellitus.",
        "Patients with chronic kidney disease should have their dose of the drug reduced.",
@@ -50,6 +55,49 @@ def test_mixed_document_spans_are_the_inserted_medical_sentences(n_hosts, host_s
         assert " ".join(" ".join(rest).split()) == " ".join(host.text.split())  # the host's sentences, in order
 
 
+def word_scores(text: str, flagged: list[tuple[int, int]]) -> DocumentScores:
+    """A document scored word by word: probability 1 for the words inside ``flagged`` spans, else 0."""
+    offsets, start = [], 0
+    for word in text.split(" "):
+        offsets.append((start, start + len(word)))
+        start += len(word) + 1
+    offsets = np.array(offsets, dtype=np.int64)
+    probs = np.array([float(any(s <= a < e for s, e in flagged)) for a, _ in offsets], dtype=np.float32)
+    return DocumentScores(None, np.arange(len(offsets)), offsets, probs, np.zeros(len(text), np.float32), [], 0.5)
+
+
+def test_sentence_labels_leave_the_non_medicine_insertions_out_of_the_token_metrics():
+    host, med, remark = BIO[0], MED[0], "However, this is still a matter of some controversy."
+    text = " ".join([host, med, remark])
+    med_span = (len(host) + 1, len(host) + 1 + len(med))
+    remark_span = (med_span[1] + 1, len(text))
+    doc = MixedDocument(text, "bio", (med_span, remark_span))
+    labels = {sentence_id(med): "medicine", sentence_id(remark): "not_medicine"}
+    alone = [word_scores(med, [(0, len(med))]), word_scores(remark, [])]
+    exact = sentence_labelled_metrics([doc], [word_scores(text, [med_span])], alone, labels, 0.5)
+    # a model that flags just the medical sentence: perfect with the sentence labels (with the passage
+    # labels the remark would be a miss)
+    assert exact["available"] and exact["inserted_sentences"] == {"medicine": 1, "borderline": 0, "not_medicine": 1}
+    assert exact["token_f1"] == 1.0 and exact["context_ratio"] == 1.0 and exact["other_inserted_flagged_in_context"] == 0.0
+    # flagging the remark too costs nothing (its tokens are left out) but shows in its own line
+    both = sentence_labelled_metrics([doc], [word_scores(text, [med_span, remark_span])], alone, labels, 0.5)
+    assert both["token_f1"] == 1.0 and both["other_inserted_flagged_in_context"] == 1.0
+    # flagging the host costs precision
+    host_too = sentence_labelled_metrics([doc], [word_scores(text, [(0, med_span[1])])], alone, labels, 0.5)
+    assert host_too["token_precision"] < 1.0 and host_too["token_recall"] == 1.0
+    # one sentence without a label: no sentence-labelled metrics at all, rather than metrics on part of the data
+    missing = sentence_labelled_metrics([doc], [word_scores(text, [med_span])], alone, {sentence_id(med): "medicine"}, 0.5)
+    assert missing == {"available": False, "unlabelled_sentences": 1, "inserted_total": 2}
+
+
+def test_a_bad_sentence_label_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": "a", "label": "medicine"}\n{"id": "b", "label": "medical"}\n')
+    with pytest.raises(ValueError, match=r"labels.jsonl:2: label must be one of"):
+        load_sentence_labels(path)
+    assert load_sentence_labels(tmp_path / "absent.jsonl") == {}
+
+
 def write_realtext(folder: Path, per_domain: int = 40) -> Path:
     folder.mkdir()
     texts = {"med": MED, "bio": BIO, "bio_gray": (BIO[0], MED[2]), "general": GENERAL}
@@ -63,8 +111,12 @@ def write_realtext(folder: Path, per_domain: int = 40) -> Path:
 
 def test_benchmark_scores_a_joint_model_and_writes_its_misses(tmp_path, tiny_joint_model_dir):
     data, out = write_realtext(tmp_path / "realtext"), tmp_path / "out"
+    labels = tmp_path / "labels.jsonl"  # the randomized-trial sentence names no condition's treatment as medicine here
+    labels.write_text("".join(json.dumps({"id": sentence_id(m), "label": "not_medicine" if "randomized" in m else "medicine"}) + "\n"
+                              for m in MED))
     reply = subprocess.run([sys.executable, str(BENCHMARKS / "real_text.py"), "--data", str(data), "--split", "dev",
-                            "--model", f"tiny={tiny_joint_model_dir}", "--out", str(out)], capture_output=True, text=True)
+                            "--model", f"tiny={tiny_joint_model_dir}", "--sentence-labels", str(labels), "--out", str(out)],
+                           capture_output=True, text=True)
     assert reply.returncode == 0, reply.stderr
     result = json.loads((out / "real_text_dev.json").read_text())
     row = result["rows"]["tiny"]
@@ -74,6 +126,15 @@ def test_benchmark_scores_a_joint_model_and_writes_its_misses(tmp_path, tiny_joi
     assert all(x["sentence"] in MED and 0 <= x["in_context"] <= 1 and 0 <= x["alone"] <= 1 for x in row["misses"])
     assert [x["in_context"] for x in row["misses"]] == sorted(x["in_context"] for x in row["misses"])
     assert "doc_recall_mixed_at_card" in row  # the joint model's document head scored the documents
+    counts = row["sentence_labelled"]["inserted_sentences"]
+    assert counts["medicine"] > 0 and counts["not_medicine"] > 0 and counts["borderline"] == 0
+    assert result["mixed_docs"] <= sum(counts.values()) <= 2 * result["mixed_docs"]  # 1-2 insertions a document
+    assert 0 <= row["sentence_labelled"]["token_f1"] <= 1
+    assert {x["label"] for x in row["misses"]} <= {"medicine", "not_medicine"}
+    # documents the labels do not cover (another seed or data): n/a, never metrics on part of them
+    row["sentence_labelled"] = {"available": False, "unlabelled_sentences": 3, "inserted_total": 5}
+    md = markdown(result)
+    assert "| sentence labels: **token F1** | n/a |" in md and "| sentence labels: mixed token F1 >= 0.85 | n/a |" in md
     assert "## `tiny`" in (out / "real_text_dev_misses.md").read_text()
     assert (out / "real_text_dev.md").is_file() and (out / "real_text_dev.png").stat().st_size > 0
 
