@@ -134,11 +134,13 @@ def test_every_flag_lands_in_its_setting(name):
             assert getattr(settings, renamed.get(dest, dest)) == value, f"tokfilter {name} --{dest}"
 
 
-def test_train_classifier_without_max_steps_takes_the_tasks_default():
-    from tokfilter.training.classifier.train import DEFAULT_MAX_STEPS, config_from_args
+def test_train_classifier_without_max_steps_or_lr_takes_the_tasks_defaults():
+    from tokfilter.training.classifier.train import DEFAULT_LR, DEFAULT_MAX_STEPS, config_from_args
 
     for task in ("token", "document", "joint"):
-        assert config_from_args(parser_of("train-classifier").parse_args(["--task", task])).max_steps == DEFAULT_MAX_STEPS[task]
+        config = config_from_args(parser_of("train-classifier").parse_args(["--task", task]))
+        assert (config.max_steps, config.lr) == (DEFAULT_MAX_STEPS[task], DEFAULT_LR[task])
+    assert config_from_args(parser_of("train-classifier").parse_args(["--task", "joint", "--lr", "3e-5"])).lr == 3e-5
 
 
 def test_train_tokenizer_flags_shape_the_tokenizer(tmp_path, capsys):
