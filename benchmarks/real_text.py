@@ -22,19 +22,18 @@ a joint model scores documents itself):
   95%-recall threshold (the cut ``tokfilter filter --doc-prefilter`` is given in benchmarks/filter.py),
   i.e. how many documents a prefilter would wrongly let skip the token model.
 
-    python benchmarks/real_text.py --data ../shared/data/realtext \\
-        --model artifacts/models_baseline/token_classifier --model artifacts/models/token_classifier
+    python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/joint_classifier
 
-The adapted model (the adapt split as a user's own unlabelled corpus, labelled by the default model
-as teacher and interleaved, mixed into the default corpus):
+The adapted model (the adapt split as a user's own unlabelled corpus, labelled by the default joint
+model as teacher and interleaved, mixed into the default corpus; settings chosen on the dev split):
 
     python benchmarks/real_text.py --data ../shared/data/realtext --split adapt --write-unlabelled artifacts/realtext_adapt.jsonl
     tokfilter label artifacts/realtext_adapt.jsonl --out artifacts/realtext_adapt_i3 \\
-        --teacher artifacts/models/token_classifier --whole-sentences --interleave 3
+        --teacher artifacts/models/joint_classifier --whole-sentences --interleave 3
     tokfilter train-classifier --task token --corpus artifacts/corpus --corpus artifacts/realtext_adapt_i3:2 \\
-        --out artifacts/models_adapted/token_classifier
-    python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/token_classifier \\
-        --model adapted=artifacts/models_adapted/token_classifier --doc-model adapted=artifacts/models/doc_classifier
+        --lr 2e-4 --max-steps 500 --out artifacts/models_adapted/token_classifier
+    python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/joint_classifier \\
+        --model adapted=artifacts/models_adapted/token_classifier --doc-model adapted=artifacts/models/joint_classifier
 
 Writes benchmarks/results/real_text.{json,md,png} and real_text_misses.md (the inserted sentences
 each model flags least, to read what it misses).
