@@ -81,8 +81,11 @@ def test_parquet_input_gives_the_same_labels(tmp_path, lexicon):
     assert by_id(tmp_path / "a") == by_id(tmp_path / "b")
 
 
-def test_teacher_tokens_at_its_threshold_become_labels(tmp_path, tiny_models_dir, lexicon):
-    teacher = tiny_models_dir / "token_classifier"
+@pytest.mark.parametrize("kind", ["token", "joint"])
+def test_teacher_tokens_at_its_threshold_become_labels(tmp_path, request, lexicon, kind):
+    # a token model, or the joint model make demo trains (the adapted recipe's teacher)
+    teacher = (request.getfixturevalue("tiny_models_dir") / "token_classifier" if kind == "token"
+               else request.getfixturevalue("tiny_joint_model_dir"))
     pipeline = ScoringPipeline.from_model_dirs(teacher)
     probs = np.concatenate([r.token_probs for r in pipeline.score(DOCS)])
     threshold = float(np.quantile(probs, 0.7))  # a tiny model: flag its top 30% of tokens
