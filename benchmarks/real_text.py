@@ -267,10 +267,10 @@ def sentence_labelled_metrics(mixed: list[MixedDocument], scored: list[DocumentS
         ys.append(token_labels_from_spans(r.offsets, spans["medicine"]))
         drops.append(token_labels_from_spans(r.offsets, spans["borderline"] + spans["not_medicine"]) == 1)
         ps.append(r.token_probs)
-    keep = [~d for d in drops]
-    y, p = np.concatenate([a[kept] for a, kept in zip(ys, keep)]), np.concatenate([a[kept] for a, kept in zip(ps, keep)])
+    ys_kept, ps_kept = [a[~d] for a, d in zip(ys, drops)], [a[~d] for a, d in zip(ps, drops)]
+    y, p = np.concatenate(ys_kept), np.concatenate(ps_kept)
     overall = binary_metrics(y, p, threshold)
-    by_host = f1_by_host(mixed, [a[kept] for a, kept in zip(ys, keep)], [a[kept] for a, kept in zip(ps, keep)], threshold)
+    by_host = f1_by_host(mixed, ys_kept, ps_kept, threshold)
     medicine = [i for i, kind in enumerate(kinds) if kind == "medicine"]
     in_context = p[y == 1] >= threshold
     alone_flagged = np.concatenate([alone[i].token_probs for i in medicine]) >= threshold
@@ -391,7 +391,7 @@ def markdown(result: dict) -> str:
         line("inserted sentences flagged, alone", lambda r: r["inserted_flagged_alone"], pct),
         line("**context ratio**", lambda r: r["context_ratio"]),
         line("inserted sentences under half flagged, alone", lambda r: r["inserted_sentences_missed_alone"], pct),
-        line("sentence labels: inserted sentences medicine / borderline / not", 
+        line("sentence labels: inserted sentences medicine / borderline / not",
              lambda r: " / ".join(str(r["sentence_labelled"]["inserted_sentences"][k]) for k in SENTENCE_LABEL_VALUES), "{}"),
         line("sentence labels: token precision", lambda r: r["sentence_labelled"]["token_precision"]),
         line("sentence labels: token recall", lambda r: r["sentence_labelled"]["token_recall"]),
@@ -412,9 +412,9 @@ def markdown(result: dict) -> str:
         line("document passage AUROC, med vs bio + general", lambda r: r["doc_passage_auroc"]),
         "", "| goal (issue 12) | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + ":-:|" * len(names),
     ]
-    for goal in goals_met(rows[names[0]]):
-        marks = {True: "yes", False: "no", None: "n/a"}
-        lines.append(f"| {goal} | " + " | ".join(marks[goals_met(rows[n])[goal]] for n in names) + " |")
+    met, marks = {n: goals_met(rows[n]) for n in names}, {True: "yes", False: "no", None: "n/a"}
+    for goal in met[names[0]]:
+        lines.append(f"| {goal} | " + " | ".join(marks[met[n][goal]] for n in names) + " |")
     lines += ["", "Models: " + "; ".join(f"`{n}`: `{r['token_model']}` + `{r['doc_model']}`" for n, r in rows.items()),
               "", f"{result['machine']}; load average at the end {result['load_avg_end']}.", "",
               "![real text](real_text.png)", ""]
