@@ -498,7 +498,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=paths.REPO_ROOT.parent / "shared" / "data" / "realtext",
                         help="the realtext folder (med.jsonl, bio.jsonl, bio_gray.jsonl, general.jsonl)")
     parser.add_argument("--model", action="append", metavar="[NAME=]DIR",
-                        help=f"token model dir, repeatable (default {paths.TOKEN_MODEL_DIR})")
+                        help=f"token or joint model dir, repeatable (default {paths.JOINT_MODEL_DIR}, the model make demo trains)")
     parser.add_argument("--doc-model", action="append", default=[], metavar="[NAME=]DIR",
                         help="document model of the row NAME (default: doc_classifier beside its token model)")
     parser.add_argument("--split", choices=sorted(SPLITS), default="test", help="passages scored (dev: for decisions)")
@@ -524,7 +524,7 @@ def main() -> int:
     mixed = build_mixed_documents(passages, args.seed)
     sentence_labels = load_sentence_labels(args.sentence_labels)
     rows = {}
-    for name, (token_dir, doc_dir) in model_rows(args.model or [str(paths.TOKEN_MODEL_DIR)], args.doc_model).items():
+    for name, (token_dir, doc_dir) in model_rows(args.model or [str(paths.JOINT_MODEL_DIR)], args.doc_model).items():
         print(f"{name}: {token_dir} + {doc_dir}", flush=True)
         rows[name] = evaluate_model(token_dir, doc_dir, passages, mixed, sentence_labels)
     result = {
