@@ -23,7 +23,8 @@ from tokfilter import paths
 from tokfilter.scoring import ScoringPipeline
 from tokfilter.training.corpus import sources
 from tokfilter.training.corpus.build import assign_splits, load_labelled_sources
-from tokfilter.training.corpus.passage_domains import MEDICINE_CUT, RETAIN_CUT, MedicineRegression
+from tokfilter.training.corpus.domains import FORGET, RETAIN
+from tokfilter.training.corpus.passage_domains import MedicineRegression, side_of
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -35,19 +36,19 @@ def heldout_abstracts(per_side: int, seed: int = 0) -> dict[str, list[str]]:
     abstracts, _ = sources.load_medline_abstracts()
     split_of = assign_splits(abstracts, seed)
     test = [a for a in abstracts if split_of[a.item_id] == "test"]
-    p = MedicineRegression.of_items(items).probabilities([a.definition for a in test])
+    sides: dict[str, list[str]] = {FORGET: [], RETAIN: []}
+    for abstract, p in zip(test, MedicineRegression.of_items(items).probabilities([a.definition for a in test])):
+        if (side := side_of(p)) is not None:
+            sides[side].append(abstract.definition)
     rng = random.Random(seed)
-    sides = {"medicine": [a.definition for a, q in zip(test, p) if q >= MEDICINE_CUT],
-             "biology": [a.definition for a, q in zip(test, p) if q <= RETAIN_CUT]}
     return {side: rng.sample(texts, min(per_side, len(texts))) for side, texts in sides.items()}
 
 
 def flagged_share(pipeline: ScoringPipeline, texts: list[str]) -> float:
-    """Share of the classifier's tokens at or above the card threshold, over all texts."""
-    scored = pipeline.score(texts)
-    tokens = np.array([len(s.token_probs) for s in scored])
-    flagged = np.array([s.flagged_fraction for s in scored])
-    return float((tokens * flagged).sum() / tokens.sum())
+    """Share of the classifier's tokens at or above the card threshold, over all texts (as
+    real_text.py counts a domain's flagged share)."""
+    probs = np.concatenate([s.token_probs for s in pipeline.score(texts)])
+    return float(np.mean(probs >= pipeline.threshold))
 
 
 def main() -> int:

@@ -31,5 +31,5 @@ def test_flagged_share_counts_tokens_over_all_texts(tiny_joint_model_dir):
     pipeline = ScoringPipeline.from_model_dirs(tiny_joint_model_dir, None)
     texts = ["Patients with asthma used inhaled corticosteroids.", "The river flooded the valley after rain, " * 20]
     scored = pipeline.score(texts)
-    probs = np.concatenate([s.token_probs for s in scored])
-    assert flagged_share(pipeline, texts) == pytest.approx(float(np.mean(probs >= pipeline.threshold)), abs=1e-12)
+    flagged = sum(round(s.flagged_fraction * len(s.token_probs)) for s in scored)
+    assert flagged_share(pipeline, texts) == pytest.approx(flagged / sum(len(s.token_probs) for s in scored), abs=1e-12)

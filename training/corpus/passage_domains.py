@@ -82,13 +82,19 @@ def _fold(item_id: str) -> int:
     return hashlib.sha256(item_id.encode()).digest()[0] & 1
 
 
+def side_of(p_medicine: float) -> str | None:
+    """An abstract's domain from the labelled-item regression: medicine or biology when it is
+    confident, None (left out) in between."""
+    return FORGET if p_medicine >= MEDICINE_CUT else RETAIN if p_medicine <= RETAIN_CUT else None
+
+
 def assign_domains(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem]) -> list[SourceItem]:
     """The unlabelled items the labelled-item regression is confident about, with their domain set,
     keeping only the sentences a cross-fitted sentence regression puts on the same side."""
     sided = []
     for item, p in zip(unlabelled, MedicineRegression.of_items(labelled).probabilities([_text(i) for i in unlabelled])):
-        if p >= MEDICINE_CUT or p <= RETAIN_CUT:
-            sided.append((item, FORGET if p >= MEDICINE_CUT else RETAIN, split_sentences(item.definition)))
+        if (domain := side_of(p)) is not None:
+            sided.append((item, domain, split_sentences(item.definition)))
     sentences = [(s, domain == FORGET, _fold(item.item_id)) for item, domain, item_sentences in sided for s in item_sentences]
     sentence_p = iter(cross_fitted_probabilities(*zip(*sentences)) if sentences else ())
     kept = []
