@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tokfilter.training.pretrain.model import GPT, config_for_size
-from tokfilter.training.pretrain.precision import autocast, cpu_has_amx, resolve_precision
+from tokfilter.training.precision import autocast, cpu_has_amx, resolve_precision
 from tokfilter.training.pretrain.train import make_optimizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

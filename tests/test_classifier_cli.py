@@ -42,6 +42,14 @@ def test_out_of_range_settings_name_the_field(tiny_corpus_dir, tmp_path, capsys,
     assert field in err
 
 
+def test_unknown_precision_names_the_choices(tiny_corpus_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["train-classifier", "--task", "joint", "--corpus", str(tiny_corpus_dir), "--out", str(tmp_path), "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--precision" in err and "bf16" in err
+
+
 def test_eval_without_models(tiny_corpus_dir, tmp_path, capsys):
     rc, err = run(["eval-classifier", "--corpus", str(tiny_corpus_dir), "--token-model", str(tmp_path / "none"),
                    "--doc-model", str(tmp_path / "none")], capsys)

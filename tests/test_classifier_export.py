@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tokfilter.cli import main as cli_main
 from tokfilter.digest import file_sha256
@@ -144,3 +145,28 @@ def test_init_fine_tunes_the_exported_weights(tiny_models_dir, tiny_corpus_dir, 
     tokenizer = load_tokenizer(init / "tokenizer.json")
     ids, mask = pad_batch([np.asarray(tokenizer.encode(t).ids) for t in ("insulin dose for the patient", "the cell divides")])
     np.testing.assert_allclose(OnnxWindowScorer(tmp_path / "tuned")(ids, mask) * mask, OnnxWindowScorer(init)(ids, mask) * mask, atol=1e-4)
+
+
+def test_bf16_training_loss_is_the_fp32_loss_within_bf16_rounding():
+    """The autocast path changes the arithmetic, not the objective: same model, same batch, same loss
+    to bf16's ~3 significant digits, and the loss stays float32."""
+    from tokfilter.training.classifier.train import training_loss
+
+    model = build_model("joint", layers=1, seed=5).eval()  # no dropout: both runs see one network
+    rng = np.random.default_rng(0)
+    windows = []
+    for n in (12, 30, 64):
+        ids = np.concatenate([[101], rng.integers(1000, 20000, n - 2), [102]])
+        token_labels = np.concatenate([[-100], rng.integers(0, 2, n - 2), [-100]])
+        windows.append((ids, (token_labels, np.int64(n % 2))))
+    batch = np.arange(len(windows))
+    losses = {p: training_loss(model, windows, batch, "joint", 0.0, np.random.default_rng(1), p) for p in ("fp32", "bf16")}
+    assert losses["bf16"].dtype == torch.float32
+    assert losses["bf16"].item() == pytest.approx(losses["fp32"].item(), rel=2e-2)
+
+
+def test_card_records_the_training_precision(tiny_joint_model_dir):
+    from tokfilter.training.precision import resolve_precision
+
+    train = load_model_card(tiny_joint_model_dir).metrics["train"]
+    assert train["train_precision"] == resolve_precision("auto", "cpu")

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from tokfilter.training.pretrain.evaluate import EvalConfig, Evaluator, FORGET, chunk_sequence, score_sequences
 from tokfilter.training.pretrain.model import GPT, config_for_size
-from tokfilter.training.pretrain.precision import autocast, resolve_precision
+from tokfilter.training.precision import autocast, resolve_precision
 from tokfilter.training.pretrain.tokenizer import corpus_texts, train_target_tokenizer
 from tokfilter.errors import TokfilterError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokfilter.errors import TokfilterError
 from tokfilter.training.pretrain.model import SIZES
-from tokfilter.training.pretrain.precision import PRECISIONS
+from tokfilter.training.precision import PRECISIONS
 from tokfilter.training.pretrain.train import RUN_TYPES
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"

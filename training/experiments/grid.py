@@ -21,7 +21,7 @@ from tokfilter.training.experiments.config import ExperimentConfig
 from tokfilter.training.corpus.build import read_corpus
 from tokfilter.training.pretrain.evaluate import FORGET, EvalConfig, Evaluator
 from tokfilter.training.pretrain.model import load_model
-from tokfilter.training.pretrain.precision import resolve_precision
+from tokfilter.training.precision import resolve_precision
 from tokfilter.training.pretrain.seen import seen_items_of_run
 from tokfilter.training.pretrain.train import PretrainConfig, shard_batches, train, vocab_size_of
 

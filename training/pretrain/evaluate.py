@@ -30,7 +30,7 @@ from tokfilter.training.corpus.build import read_corpus
 from tokfilter.training.corpus.domains import FORGET, PASSAGE_DOMAINS, RETAIN  # noqa: F401 (RETAIN re-exported to the experiments)
 from tokfilter.training.pretrain.mcq import ClozeItem, build_questions, fit_cloze, load_real_sets
 from tokfilter.training.pretrain.model import GPT, IGNORE_INDEX, load_model
-from tokfilter.training.pretrain.precision import PRECISIONS, autocast, resolve_precision
+from tokfilter.training.precision import PRECISIONS, autocast, resolve_precision
 from tokfilter.windows import load_tokenizer
 
 DOMAINS = PASSAGE_DOMAINS  # evaluated on pure passages of each: forget, retain, general

@@ -25,7 +25,7 @@ from tokfilter import paths
 from tokfilter.clients.shards.masked import MODES as RUN_TYPES  # a run type is the MaskedShards mode it trains with
 from tokfilter.errors import TokfilterError
 from tokfilter.training.pretrain.model import GPT, config_for_size, save_model, SIZES
-from tokfilter.training.pretrain.precision import PRECISIONS, autocast, resolve_precision
+from tokfilter.training.precision import PRECISIONS, autocast, resolve_precision
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

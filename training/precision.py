@@ -1,4 +1,4 @@
-"""Numeric precision of pretraining and evaluation: ``fp32``, ``bf16`` (autocast) or ``auto``.
+"""Numeric precision of training and evaluation (the classifiers and pretraining): ``fp32``, ``bf16`` (autocast) or ``auto``.
 
 ``auto`` is bf16 where the hardware has bf16 matrix units: a CUDA device that supports bf16, or a CPU
 with AMX (``amx_bf16``, Intel Sapphire Rapids and later), where oneDNN runs bf16 matmuls on the tiles.
