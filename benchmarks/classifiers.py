@@ -111,7 +111,8 @@ def mixed_real_documents(token_dir: Path, data_dir: Path) -> dict | None:
 
 def markdown(result: dict) -> str:
     fp32, int8, cfg = result["test_fp32"], result["test_int8"], result["train_config"]
-    timing = (f"{result['train_minutes']:.1f} min ({result['train']['train_windows_per_s']:.1f} windows/s while training)"
+    precision = result["train"].get("train_precision", "fp32")  # cards before --precision trained in fp32
+    timing = (f"{result['train_minutes']:.1f} min ({result['train']['train_windows_per_s']:.1f} windows/s while training, {precision})"
               if result["train_minutes"] is not None else "not timed in this run (the model was kept)")
     rows = [
         ("token precision", "token_precision"), ("token recall", "token_recall"), ("token F1", "token_f1"),

@@ -49,17 +49,17 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 LABELS = ["retain", "forget"]
 TASKS = ("token", "document", "joint")
 IGNORE = -100
-# Measured with `make demo` on an idle 2-core machine (3 layers, 16 x 256-token windows): ~10
-# windows/s for the token task, ~9 for the document task, and ~1.5 minutes of calibration and
-# export each. At 400 + 200 steps the pair took 20.5 minutes with validation F1 0.966 (token) and
-# 0.933 (document): the token task has the margin to give, so 300 + 200 (~17 minutes).
-# Joint: one step is a token step plus a mean pool and a 2-way linear head. Measured interleaved on the
-# same windows (3 layers, 16 x 256, 2 threads, on the shared machine under load 9-12, so slow in
-# absolute terms; train_model on the first 3000 train documents, 2 rounds of 3 steps): token 1.35 / 0.21 windows/s,
-# joint 1.19 / 0.21, i.e. a joint step takes 1.0-1.13x a token step (~9-10 windows/s idle). One
-# model calibrates and exports once (~1.5 minutes, both heads from one pass), leaving ~15.5 of the
-# pair's 17 minutes for training: ~550 steps at 9.4 windows/s; 500 keeps a margin (~15.7 minutes).
-DEFAULT_MAX_STEPS = {"token": 300, "document": 200, "joint": 500}
+# Measured with `make demo` on an idle 2-core machine (3 layers, 16 x 256-token windows, fp32, attention
+# dropout 0.1): ~10 windows/s for the token task, ~9 for the document task, and ~1.5 minutes of
+# calibration and export each; 300 + 200 steps took ~17 minutes.
+# Joint: one encoder for both heads, now trained in bf16 on AMX CPUs without attention dropout
+# (classifier_model.ATTENTION_DROPOUT): 35.5 windows/s here against 14 before. Steps decided on the
+# real-text dev split (benchmarks/results/real_text_dev_steps): mixed real-document token F1 0.790 at
+# 800 steps, 0.812 at 1200, 0.809 at 1600. 1200 steps train in 9.0 minutes here; a day at 0.6x this
+# machine's speed (500 fp32 steps once ran at 8.1 windows/s against 13.2) would take ~15, inside the
+# 20-minute budget with calibration and export, where 1600 would not be. A CPU without AMX trains in
+# fp32 at ~26 windows/s (one-step measurement): ~12.3 minutes.
+DEFAULT_MAX_STEPS = {"token": 300, "document": 200, "joint": 1200}
 # Learning rate per task. Joint: 2e-4, decided on validation and on the real-text dev split (same 500 steps,
 # default corpus): validation token F1 0.949 -> 0.960, document F1 0.978 -> 0.984, mixed real-document
 # token F1 on the dev split 0.679 -> 0.710 against 1e-4.
