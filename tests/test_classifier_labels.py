@@ -17,6 +17,7 @@ from tokfilter.training.classifier.train import (
     encode_documents,
     token_labels_from_spans,
     training_loss,
+    training_windows,
     upsample_positive_windows,
     window_is_positive,
 )
@@ -85,6 +86,25 @@ def test_windows_keep_labels_aligned_with_tokens():
         assert np.array_equal(ids, t_ids) and np.array_equal(ids, d_ids)
         assert np.array_equal(token_labels, t_labels) and window_label == d_label
         assert window_is_positive((token_labels, window_label)) == (window_is_positive(t_labels) or window_is_positive(d_label))
+
+
+def test_a_corpus_read_n_times_is_windowed_once_and_listed_n_times():
+    """`--corpus DIR:N` repeats the same documents: the windows are those of the documents one by one,
+    in order, and a repeated document's windows are the very same objects, not copies."""
+    tokenizer = load_tokenizer(encoder_path() / "tokenizer.json")
+    sequences = WindowSequences.for_tokenizer(tokenizer, max_length=24, stride=6)
+    base = {"text": "The river flows past the mill and the town. " * 4, "meta": {}}
+    own = {"text": "Acute appendicitis requires appendectomy. The river is cold. " * 3,
+           "meta": {"label_spans": [[0, 40]], "passages": [{"start": 0, "end": 41, "domain": "medicine"}]}}
+    docs = [base] + [own] * 3
+    windows = training_windows(tokenizer, docs, "joint", sequences)
+    expected = make_windows(encode_documents(tokenizer, docs), "joint", sequences)
+    assert len(windows) == len(expected)
+    for (ids, (labels, label)), (e_ids, (e_labels, e_label)) in zip(windows, expected):
+        assert np.array_equal(ids, e_ids) and np.array_equal(labels, e_labels) and label == e_label
+    n_own = len(make_windows(encode_documents(tokenizer, [own]), "joint", sequences))
+    n_base = len(windows) - 3 * n_own
+    assert all(windows[n_base + i] is windows[n_base + n_own + i] is windows[n_base + 2 * n_own + i] for i in range(n_own))
 
 
 def test_joint_loss_is_token_loss_plus_weighted_window_loss():

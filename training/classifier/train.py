@@ -230,6 +230,15 @@ def make_windows(encoded: list[EncodedDoc], task: str, sequences: WindowSequence
     return windows
 
 
+def training_windows(tokenizer, docs: list[dict], task: str, sequences: WindowSequences) -> list:
+    """``make_windows`` over a training corpus. A corpus read N times (``DIR:N``) repeats the same
+    document objects: each is tokenized and windowed once and its windows are listed N times, as
+    references, so a small corpus weighted up costs neither the tokenizing nor the memory of copies."""
+    unique = list({id(doc): doc for doc in docs}.values())
+    per_doc = {id(doc): make_windows([encoded], task, sequences) for doc, encoded in zip(unique, encode_documents(tokenizer, unique))}
+    return [window for doc in docs for window in per_doc[id(doc)]]
+
+
 def window_is_positive(labels) -> bool:
     """A window holding the forget class: any positive token label, or a positive window label."""
     parts = labels if isinstance(labels, tuple) else (labels,)
@@ -468,7 +477,7 @@ def train_classifier(config: TrainConfig, corpus: Path | Sequence[CorpusSource],
     tokenizer_path = encoder_path() / "tokenizer.json"
     tokenizer = load_tokenizer(tokenizer_path)
     sequences = WindowSequences.for_tokenizer(tokenizer, config.max_length, config.stride)
-    windows = make_windows(encode_documents(tokenizer, train_docs), config.task, sequences)
+    windows = training_windows(tokenizer, train_docs, config.task, sequences)
     print(f"[train {config.task}] {len(train_docs)} docs -> {len(windows)} windows", file=log, flush=True)
     model = initial_model(config)
     stats = train_model(model, windows, config, log=log)
