@@ -30,7 +30,7 @@ model as teacher and interleaved, mixed into the default corpus; settings chosen
     python benchmarks/real_text.py --data ../shared/data/realtext --split adapt --write-unlabelled artifacts/realtext_adapt.jsonl
     tokfilter label artifacts/realtext_adapt.jsonl --out artifacts/realtext_adapt_i3 \\
         --teacher artifacts/models/joint_classifier --whole-sentences --interleave 3
-    tokfilter train-classifier --task token --corpus artifacts/corpus --corpus artifacts/realtext_adapt_i3:16 \\
+    tokfilter train-classifier --task token --corpus artifacts/corpus --corpus artifacts/realtext_adapt_i3:32 \\
         --lr 2e-4 --max-steps 500 --out artifacts/models_adapted/token_classifier
     python benchmarks/real_text.py --data ../shared/data/realtext --model default=artifacts/models/joint_classifier \\
         --model adapted=artifacts/models_adapted/token_classifier --doc-model adapted=artifacts/models/joint_classifier
