@@ -107,7 +107,9 @@ def test_gradcheck_float64(reduction):
 @given(
     n=st.integers(1, 70),
     hidden_size=st.integers(1, 40),
-    vocab=st.integers(1, 260),
+    # vocab >= 2: with one class p = 1, the cross-entropy and its gradient are exactly 0, and the only
+    # gradient left (the z-loss's, ~1e-6) sits at float32's rounding of p - 1: no relative tolerance holds
+    vocab=st.integers(2, 260),
     reduction=st.sampled_from(["mean", "sum", "none"]),
     weights=st.sampled_from([None, "bool", "float"]),
     bias=st.booleans(),

@@ -431,7 +431,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from this exported classifier (same --task and --layers) instead of fresh heads: "
                              "fine-tune the default model on a corpus of your own")
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                        help="fp32, bf16 autocast, or auto: bf16 where the CPU has AMX bf16 tiles (1.8x the windows/s here)")
+                        help="fp32, bf16 autocast, or auto: bf16 where the CPU has AMX bf16 tiles (41 windows/s against 26 in fp32 here)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
 
