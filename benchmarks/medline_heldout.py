@@ -24,7 +24,7 @@ from tokfilter.scoring import ScoringPipeline
 from tokfilter.training.corpus import sources
 from tokfilter.training.corpus.build import assign_splits, load_labelled_sources
 from tokfilter.training.corpus.domains import FORGET, RETAIN
-from tokfilter.training.corpus.passage_domains import MedicineRegression, side_of
+from tokfilter.training.corpus.passage_domains import sided_items
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -37,9 +37,8 @@ def heldout_abstracts(per_side: int, seed: int = 0) -> dict[str, list[str]]:
     split_of = assign_splits(abstracts, seed)
     test = [a for a in abstracts if split_of[a.item_id] == "test"]
     sides: dict[str, list[str]] = {FORGET: [], RETAIN: []}
-    for abstract, p in zip(test, MedicineRegression.of_items(items).probabilities([a.definition for a in test])):
-        if (side := side_of(p)) is not None:
-            sides[side].append(abstract.definition)
+    for abstract, side in sided_items(items, test):
+        sides[side].append(abstract.definition)
     rng = random.Random(seed)
     return {side: rng.sample(texts, min(per_side, len(texts))) for side, texts in sides.items()}
 

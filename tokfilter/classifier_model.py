@@ -19,8 +19,9 @@ def encoder_path() -> Path:
 
 # Dropout on the attention probabilities: 0, not MiniLM's 0.1. On CPU it takes scaled-dot-product
 # attention off its fused kernel onto `_scaled_dot_product_attention_math` (the [B, heads, S, S]
-# probabilities materialised, then dropped: 5x the time of one attention call here): one training step of the 3-layer joint model on 16 x 256 windows, 2 threads, ran at 14 windows/s
-# with it and 26 without (fp32; bf16 19 vs 41). The hidden-state dropout (0.1) stays.
+# probabilities materialised, then dropped: 5x the time of one attention call here). One training
+# step of the 3-layer joint model on 16 x 256 windows, 2 threads, ran at 14 windows/s with it and 26
+# without (fp32; bf16 19 vs 41). The hidden-state dropout (0.1) stays.
 ATTENTION_DROPOUT = 0.0
 
 

@@ -88,13 +88,16 @@ def side_of(p_medicine: float) -> str | None:
     return FORGET if p_medicine >= MEDICINE_CUT else RETAIN if p_medicine <= RETAIN_CUT else None
 
 
+def sided_items(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem]) -> list[tuple[SourceItem, str]]:
+    """The unlabelled items the labelled-item regression is confident about, each with its side."""
+    probabilities = MedicineRegression.of_items(labelled).probabilities([_text(i) for i in unlabelled])
+    return [(item, side) for item, p in zip(unlabelled, probabilities) if (side := side_of(p)) is not None]
+
+
 def assign_domains(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem]) -> list[SourceItem]:
     """The unlabelled items the labelled-item regression is confident about, with their domain set,
     keeping only the sentences a cross-fitted sentence regression puts on the same side."""
-    sided = []
-    for item, p in zip(unlabelled, MedicineRegression.of_items(labelled).probabilities([_text(i) for i in unlabelled])):
-        if (domain := side_of(p)) is not None:
-            sided.append((item, domain, split_sentences(item.definition)))
+    sided = [(item, domain, split_sentences(item.definition)) for item, domain in sided_items(labelled, unlabelled)]
     sentences = [(s, domain == FORGET, _fold(item.item_id)) for item, domain, item_sentences in sided for s in item_sentences]
     sentence_p = iter(cross_fitted_probabilities(*zip(*sentences)) if sentences else ())
     kept = []
