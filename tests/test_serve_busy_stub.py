@@ -26,8 +26,11 @@ def test_a_computing_stub_is_busy_and_a_stopped_or_gone_one_is_not(tmp_path):
         gone.wait()
         supervisor = idle_supervisor(tmp_path)
         supervisor._stubs = {burner.pid: "busy_model", stopped.pid: "hung_model", gone.pid: "gone_model"}
-        first = {m: supervisor.stubs_computing(m) for m in ("busy_model", "hung_model", "gone_model")}
-        assert first == {"busy_model": True, "hung_model": True, "gone_model": False}  # since start: the interpreter's start-up
+        # The first ask counts since start: the burner has computed, the gone one cannot. The
+        # stopped one's start-up may round to zero clock ticks, so its first answer is not asserted.
+        assert supervisor.stubs_computing("busy_model")
+        supervisor.stubs_computing("hung_model")
+        assert not supervisor.stubs_computing("gone_model")
         time.sleep(0.3)
         assert supervisor.stubs_computing("busy_model") and not supervisor.stubs_computing("hung_model")
         assert not supervisor.stubs_computing("gone_model")
