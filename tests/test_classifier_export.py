@@ -169,4 +169,4 @@ def test_card_records_the_training_precision(tiny_joint_model_dir):
     from tokfilter.training.precision import resolve_precision
 
     train = load_model_card(tiny_joint_model_dir).metrics["train"]
-    assert train["train_precision"] == resolve_precision("auto", "cpu")
+    assert train["train_precision"] == resolve_precision("auto", "cpu", bf16_on_avx512=True)
