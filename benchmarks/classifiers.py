@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
         metrics = {p: evaluate(args.corpus, model_dir, p, Path(scratch) / p) for p in ("fp32", "int8")}
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(scratch) / "fp32" / "pr_curve.png", args.out / "classifiers_pr_curve.png")
-    real_text = mixed_real_documents(model_dir, args.real_text) if args.real_text else None
+    real_text = mixed_real_documents(model_dir, args.real_text, args.corpus) if args.real_text else None
     card = load_model_card(model_dir)
     fp32, int8 = metrics["fp32"], metrics["int8"]
     minutes = None if train_seconds is None else train_seconds / 60
@@ -95,15 +95,16 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def mixed_real_documents(token_dir: Path, data_dir: Path) -> dict | None:
-    """Token metrics on the mixed real documents of benchmarks/real_text.py (test split); None without the data."""
-    from real_text import DOMAINS, build_mixed_documents, load_passages, load_sentence_labels, mixed_metrics
+def mixed_real_documents(token_dir: Path, data_dir: Path, corpus: Path) -> dict | None:
+    """Token metrics on the mixed real documents of benchmarks/real_text.py (test split, less those
+    sharing text with the training corpus); None without the data."""
+    from real_text import DOMAINS, load_passages, load_sentence_labels, mixed_metrics, unseen_mixed_documents
 
     if not all((data_dir / f"{d}.jsonl").is_file() for d in DOMAINS):
         print(f"real text data not found in {data_dir}: mixed real-document F1 not measured", flush=True)
         return None
-    passages = load_passages(data_dir, "test")
-    metrics, _ = mixed_metrics(ScoringPipeline.from_model_dirs(token_dir), build_mixed_documents(passages), load_sentence_labels())
+    _, mixed, _ = unseen_mixed_documents(load_passages(data_dir, "test"), [corpus])
+    metrics, _ = mixed_metrics(ScoringPipeline.from_model_dirs(token_dir), mixed, load_sentence_labels())
     return {"data": str(data_dir), **{k: metrics[k] for k in ("mixed_docs", "mixed_token_precision", "mixed_token_recall",
                                                                "mixed_token_f1", "mixed_token_auroc", "context_ratio")},
             "sentence_labelled": metrics["sentence_labelled"]}

@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOMAINS = ("med", "bio", "bio_gray", "general")
 SPLITS = {"adapt": 0.5, "dev": 0.15, "test": 0.35}
 HOST_DOMAINS = ("bio", "general")
+# A passage sharing this many words in a row with a training corpus is left out: 13, as in GPT-3's
+# decontamination; 10 also caught research boilerplate ("the aim of this study was to evaluate the
+# effect of") in a quarter of the flagged passages.
+SEEN_NGRAM_WORDS = 13
 INSERTED_WORDS = (8, 60)  # a sentence, not a heading or a fragment ("Inception cohort study.")
 MISSES_SHOWN = 15  # inserted sentences a model flags least, written to <stem>_misses.md to be read
 # Each inserted sentence read alone and labelled against a written guideline (data/realtext_sentence_labels.md):
@@ -86,6 +91,8 @@ class MixedDocument:
     text: str
     host_domain: str
     inserted: tuple[tuple[int, int], ...]  # character spans of the inserted medical sentences
+    host_id: str = ""
+    inserted_from: tuple[str, ...] = ()  # the med passages the inserted sentences come from
 
 
 def passage_split(passage_id: str, seed: int = 0) -> str:
@@ -112,12 +119,41 @@ def load_passages(data_dir: Path, split: str, seed: int = 0, max_per_domain: int
     return passages
 
 
-def medical_sentences(passages: list[Passage]) -> list[str]:
-    """Sentences of the med passages with INSERTED_WORDS words."""
+def word_ngrams(text: str, n: int = SEEN_NGRAM_WORDS) -> set[str]:
+    """The ``n``-word sequences of a text (lower-cased words: a sentence re-split or re-joined keeps them)."""
+    words = re.findall(r"\w+", text.lower())
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def drop_seen_passages(passages: list[Passage], corpora: list[Path]) -> tuple[list[Passage], dict[str, list[str]]]:
+    """The passages that share no SEEN_NGRAM_WORDS-word sequence with a train or validation document
+    of ``corpora`` (what the models trained and calibrated on), and the ids left out per domain. A
+    corpus built from public text (Wikipedia leads) can hold a passage's sentences: scoring those
+    would measure memory, not generalization. Streams the corpora against the passages' n-grams."""
+    owners: dict[str, set[int]] = {}
+    for index, passage in enumerate(passages):
+        for gram in word_ngrams(passage.text):
+            owners.setdefault(gram, set()).add(index)
+    seen: set[int] = set()
+    for corpus in corpora:
+        for split in ("train", "validation"):
+            with open(corpus / f"{split}.jsonl", encoding="utf-8") as fh:
+                for line in fh:
+                    for gram in word_ngrams(json.loads(line)["text"]):
+                        seen |= owners.get(gram, set())
+    dropped: dict[str, list[str]] = {}
+    for index in sorted(seen):
+        dropped.setdefault(passages[index].domain, []).append(passages[index].id)
+    return [p for i, p in enumerate(passages) if i not in seen], dropped
+
+
+def medical_sentences(passages: list[Passage]) -> list[tuple[str, str]]:
+    """(passage id, sentence) of the med passages' sentences with INSERTED_WORDS words."""
     out = []
     for p in passages:
         if p.domain == "med":
-            out += [p.text[s:e] for s, e in sentence_spans(p.text) if INSERTED_WORDS[0] <= len(p.text[s:e].split()) <= INSERTED_WORDS[1]]
+            out += [(p.id, p.text[s:e]) for s, e in sentence_spans(p.text)
+                    if INSERTED_WORDS[0] <= len(p.text[s:e].split()) <= INSERTED_WORDS[1]]
     return out
 
 
@@ -125,17 +161,20 @@ def build_mixed_documents(passages: list[Passage], seed: int = 0) -> list[MixedD
     """Every host passage (bio, general) with 1 or 2 medical sentences inserted between its sentences
     (at either end when it has one sentence); each medical sentence is used at most once while any is left."""
     rng = random.Random(seed)
-    pool: list[str] = []
+    pool: list[tuple[str, str]] = []
     documents = []
     for host in (p for p in passages if p.domain in HOST_DOMAINS):
         sentences = [host.text[s:e] for s, e in sentence_spans(host.text)]
         slots = range(1, len(sentences)) if len(sentences) > 1 else range(0, 2)
         inserts: dict[int, list[str]] = {}
+        sources = []
         for _ in range(rng.randint(1, 2)):
             if not pool:
                 pool = medical_sentences(passages)
                 rng.shuffle(pool)
-            inserts.setdefault(rng.choice(slots), []).append(pool.pop())
+            source, sentence = pool.pop()
+            inserts.setdefault(rng.choice(slots), []).append(sentence)
+            sources.append(source)
         pieces = [(s, True) for s in inserts.get(0, [])]
         for index, sentence in enumerate(sentences, 1):
             pieces += [(sentence, False)] + [(s, True) for s in inserts.get(index, [])]
@@ -148,8 +187,18 @@ def build_mixed_documents(passages: list[Passage], seed: int = 0) -> list[MixedD
                 spans.append((position, position + len(sentence)))
             parts.append(sentence)
             position += len(sentence)
-        documents.append(MixedDocument("".join(parts), host.domain, tuple(spans)))
+        documents.append(MixedDocument("".join(parts), host.domain, tuple(spans), host.id, tuple(sources)))
     return documents
+
+
+def unseen_mixed_documents(passages: list[Passage], corpora: list[Path], seed: int = 0) -> tuple[list[Passage], list[MixedDocument], dict[str, list[str]]]:
+    """The passages no training corpus holds (drop_seen_passages), the mixed documents built from the
+    whole split less those with a seen host or a seen inserted sentence (so the rest are the very
+    documents the sentence labels were written for), and the ids left out per domain."""
+    kept, dropped = drop_seen_passages(passages, corpora)
+    seen = {i for ids in dropped.values() for i in ids}
+    mixed = [m for m in build_mixed_documents(passages, seed) if m.host_id not in seen and not seen & set(m.inserted_from)]
+    return kept, mixed, dropped
 
 
 def sentence_id(text: str) -> str:
@@ -337,6 +386,16 @@ def goals_met(row: dict) -> dict[str, bool | None]:
     }
 
 
+def seen_note(result: dict) -> str:
+    """Which passages were left out because a training corpus holds their words."""
+    seen = result.get("seen_passages_left_out") or {}
+    if not result.get("seen_corpora"):
+        return ""
+    left = ", ".join(f"{d} {len(ids)}" for d, ids in seen.items()) or "none"
+    return (f" (checked: passages sharing a {SEEN_NGRAM_WORDS}-word sequence with the training corpora "
+            f"{', '.join(f'`{c}`' for c in result['seen_corpora'])} are left out: {left})")
+
+
 def markdown(result: dict) -> str:
     rows = result["rows"]
     names = list(rows)
@@ -360,7 +419,7 @@ def markdown(result: dict) -> str:
         f"{', '.join(f'{s} {int(f * 100)}%' for s, f in SPLITS.items())}. Reported here: the **{result['split']}** split "
         f"({', '.join(f'{d} {n}' for d, n in result['passages'].items())} passages"
         f"{'' if not result.get('max_per_domain') else ', a seeded sample of at most ' + str(result['max_per_domain']) + ' per domain'}). No model scored here trained on any "
-        "of its passages. Decisions about data mixes and labelling settings may use the dev split only; the adapt split is "
+        "of its passages" + seen_note(result) + ". Decisions about data mixes and labelling settings may use the dev split only; the adapt split is "
         "the only real text a model may train on (unlabelled, through `tokfilter label`).", "",
         f"Mixed documents: {result['mixed_docs']} bio and general passages, each with 1-2 medical sentences "
         f"({INSERTED_WORDS[0]}-{INSERTED_WORDS[1]} words, from the split's med passages) inserted between its sentences. "
@@ -508,6 +567,9 @@ def main() -> int:
                         help="write the --split passages as an unlabelled corpus (for `tokfilter label`) and stop")
     parser.add_argument("--sentence-labels", type=Path, default=SENTENCE_LABELS,
                         help="labels of the inserted sentences, read alone (JSONL of id, label; see benchmarks/data/)")
+    parser.add_argument("--seen-corpus", action="append", type=Path, metavar="DIR",
+                        help="corpus the models trained on (train/validation jsonl), repeatable: passages sharing a "
+                             f"{SEEN_NGRAM_WORDS}-word sequence with it are not scored (default {paths.CORPUS_DIR} when it exists)")
     parser.add_argument("--note", default="", help="a line for the markdown (how the models were trained, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
@@ -521,7 +583,11 @@ def main() -> int:
         return 0
 
     passages = load_passages(args.data, args.split, args.seed, args.max_per_domain)
-    mixed = build_mixed_documents(passages, args.seed)
+    seen_corpora = args.seen_corpus if args.seen_corpus is not None else [paths.CORPUS_DIR] * paths.CORPUS_DIR.is_dir()
+    passages, mixed, seen = unseen_mixed_documents(passages, seen_corpora, args.seed)
+    if seen:
+        print(f"left out, seen in {', '.join(map(str, seen_corpora))}: "
+              + ", ".join(f"{d} {len(ids)}" for d, ids in seen.items()), flush=True)
     sentence_labels = load_sentence_labels(args.sentence_labels)
     rows = {}
     for name, (token_dir, doc_dir) in model_rows(args.model or [str(paths.JOINT_MODEL_DIR)], args.doc_model).items():
@@ -530,6 +596,7 @@ def main() -> int:
     result = {
         "benchmark": "real_text", "data": str(args.data), "split": args.split, "seed": args.seed, "splits": SPLITS,
         "max_per_domain": args.max_per_domain, "note": args.note,
+        "seen_corpora": [str(c) for c in seen_corpora], "seen_passages_left_out": seen,
         "passages": {d: sum(p.domain == d for p in passages) for d in DOMAINS}, "mixed_docs": len(mixed),
         "rows": rows, "goals": {n: goals_met(r) for n, r in rows.items()},
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {sys.version.split()[0]}",

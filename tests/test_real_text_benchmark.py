@@ -13,8 +13,9 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from real_text import (INSERTED_WORDS, MISSES_SHOWN, MixedDocument, Passage, build_mixed_documents, load_sentence_labels,  # noqa: E402
-                       markdown, medical_sentences, sentence_id, sentence_labelled_metrics)
+from real_text import (INSERTED_WORDS, MISSES_SHOWN, SEEN_NGRAM_WORDS, MixedDocument, Passage, build_mixed_documents,  # noqa: E402
+                       drop_seen_passages, load_sentence_labels, markdown, medical_sentences, sentence_id,
+                       sentence_labelled_metrics, unseen_mixed_documents)
 
 from tokfilter.scoring import DocumentScores  # noqa: E402
 
@@ -40,12 +41,13 @@ def test_mixed_document_spans_are_the_inserted_medical_sentences(n_hosts, host_s
     med = Passage("m", "med", " ".join([MED[0], MED[1], words(med_words)]))
     hosts = [Passage(f"h{i}", "bio" if i % 2 else "general", " ".join((BIO if i % 2 else GENERAL)[j % 3] for j in range(host_sentences)))
              for i in range(n_hosts)]
-    allowed = set(medical_sentences([med]))
+    allowed = {sentence for _, sentence in medical_sentences([med])}
     assert (words(med_words) in allowed) == (INSERTED_WORDS[0] <= med_words <= INSERTED_WORDS[1])
     docs = build_mixed_documents([med, *hosts], seed)
     assert len(docs) == n_hosts
     for doc, host in zip(docs, hosts):
         assert 1 <= len(doc.inserted) <= 2 and doc.host_domain == host.domain
+        assert doc.host_id == host.id and doc.inserted_from == ("m",) * len(doc.inserted)
         assert all(doc.text[s:e] in allowed for s, e in doc.inserted)
         rest, last = [], 0
         for s, e in doc.inserted:
@@ -98,6 +100,42 @@ def test_a_bad_sentence_label_is_an_error_naming_the_line(tmp_path):
     assert load_sentence_labels(tmp_path / "absent.jsonl") == {}
 
 
+def write_corpus(folder: Path, train: list[str], validation: list[str]) -> Path:
+    folder.mkdir()
+    for split, texts in (("train", train), ("validation", validation)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"id": f"{split}-{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    return folder
+
+
+def test_passages_sharing_a_word_sequence_with_a_training_corpus_are_left_out(tmp_path):
+    lead = "Bronchitis is inflammation of the bronchi in the lungs that usually causes coughing and mucus"
+    passages = [Passage("g1", "general", f"The town grew. {lead}. It rained."),
+                Passage("g2", "general", f"{GENERAL[0]} {GENERAL[1]}"), Passage("b1", "bio", f"{BIO[0]} {BIO[1]}"),
+                Passage("m1", "med", lead.upper().replace(" THE ", " the\n") + "!")]  # case and spacing do not hide it
+    one_word_short = " ".join(f"{BIO[0]} {BIO[1]}".split()[:SEEN_NGRAM_WORDS - 1])
+    corpus = write_corpus(tmp_path / "corpus", [f"Bronchitis: {lead.lower()}, often after a cold.", one_word_short],
+                          ["An unrelated validation document about ships and harbours and their long history."])
+    kept, dropped = drop_seen_passages(passages, [corpus])
+    assert [p.id for p in kept] == ["g2", "b1"]  # one word short of SEEN_NGRAM_WORDS in a row is not a copy
+    assert dropped == {"general": ["g1"], "med": ["m1"]}
+    assert drop_seen_passages(passages, []) == (passages, {})
+    validation_only = write_corpus(tmp_path / "validation_only", [], [f"{GENERAL[0]}\n{GENERAL[1]}"])
+    assert drop_seen_passages(passages, [validation_only])[1] == {"general": ["g2"]}  # calibration data counts too
+
+
+def test_documents_without_seen_text_are_the_same_documents(tmp_path):
+    """Leaving a seen passage out drops the mixed documents it is part of and keeps the others as
+    they were, so the sentence labels written for them still apply."""
+    meds = [Passage(f"m{i}", "med", f"{sentence} Case {i} was reviewed by the team on the ward that week.")
+            for i, sentence in enumerate(MED)]
+    hosts = [Passage(f"g{i}", "general", " ".join(GENERAL[j % 3] for j in range(i, i + 2))) for i in range(6)]
+    everything = build_mixed_documents(meds + hosts, seed=3)
+    corpus = write_corpus(tmp_path / "corpus", [f"Notes: {MED[0]} Case 0 was reviewed."], [])  # m0 is seen
+    kept, mixed, dropped = unseen_mixed_documents(meds + hosts, [corpus], seed=3)
+    assert dropped == {"med": ["m0"]} and [p.id for p in kept] == [p.id for p in meds[1:] + hosts]
+    assert mixed == [m for m in everything if "m0" not in m.inserted_from] and 0 < len(mixed) < len(everything)
+
+
 def write_realtext(folder: Path, per_domain: int = 40) -> Path:
     folder.mkdir()
     texts = {"med": MED, "bio": BIO, "bio_gray": (BIO[0], MED[2]), "general": GENERAL}
@@ -114,12 +152,14 @@ def test_benchmark_scores_a_joint_model_and_writes_its_misses(tmp_path, tiny_joi
     labels = tmp_path / "labels.jsonl"  # the randomized-trial sentence names no condition's treatment as medicine here
     labels.write_text("".join(json.dumps({"id": sentence_id(m), "label": "not_medicine" if "randomized" in m else "medicine"}) + "\n"
                               for m in MED))
+    corpus = write_corpus(tmp_path / "corpus", ["A corpus that holds none of the passages."], ["Nor does this."])
     reply = subprocess.run([sys.executable, str(BENCHMARKS / "real_text.py"), "--data", str(data), "--split", "dev",
-                            "--model", f"tiny={tiny_joint_model_dir}", "--sentence-labels", str(labels), "--out", str(out)],
-                           capture_output=True, text=True)
+                            "--model", f"tiny={tiny_joint_model_dir}", "--sentence-labels", str(labels), "--out", str(out),
+                            "--seen-corpus", str(corpus)], capture_output=True, text=True)
     assert reply.returncode == 0, reply.stderr
     result = json.loads((out / "real_text_dev.json").read_text())
     row = result["rows"]["tiny"]
+    assert result["seen_corpora"] == [str(corpus)] and result["seen_passages_left_out"] == {}
     assert result["mixed_docs"] == result["passages"]["bio"] + result["passages"]["general"] > 0
     assert 0 <= row["mixed_token_f1"] <= 1 and 0 <= row["inserted_sentences_missed_alone"] <= 1
     assert 0 < len(row["misses"]) <= MISSES_SHOWN
