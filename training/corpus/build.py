@@ -5,8 +5,9 @@ Documents are built from source items (sources.py): each item becomes one senten
 paragraphs; paragraphs form documents. Mixed documents are benign documents with a short medical
 paragraph inserted, so token filtering can beat document filtering; interleaved documents
 (interleave.py) splice single sentences of the other side into documents of every domain, so a
-sentence's label cannot be read off its neighbours. MEDLINE abstracts, the real research prose, get
-their domain from passage_domains.py and give sentences to the interleaved documents only. Splits are drawn per group of
+sentence's label cannot be read off its neighbours. MEDLINE abstracts (the real research prose) and
+Wikipedia lead sections (the encyclopedic prose) get their domain from passage_domains.py and give
+sentences to the interleaved documents only. Splits are drawn per group of
 items sharing a term, a definition or an ICD category, so no term or definition is in two splits.
 Decisions (anatomy and physiology, sizes, weak-label rules): docs/corpus.md.
 """
@@ -62,8 +63,9 @@ MIXED_PARAGRAPH_ITEMS = (1, 3)
 # Sources that give sentences to the interleaved documents only, never whole passages: one label for a
 # whole MEDLINE abstract covers its clinical and its basic-science sentences alike, and a classifier
 # trained on whole abstracts read the context again (real-text dev split: context ratio 0.896 -> 0.629,
-# token F1 in biology hosts 0.70 -> 0.51, while sentences alone were found more often).
-SENTENCE_ONLY_SOURCES = frozenset({"medline"})
+# token F1 in biology hosts 0.70 -> 0.51, while sentences alone were found more often). Wikipedia
+# leads likewise: an article's label covers its history and its symptoms alike.
+SENTENCE_ONLY_SOURCES = frozenset({"medline", "wikipedia"})
 DOC_PARAGRAPHS = {GENERAL: (2, 5), RETAIN: (2, 5), FORGET: (1, 4)}
 BIOLOGY_GENERAL_PARAGRAPH_P = 0.3  # a biology document sometimes carries a general paragraph too
 IN_PARAGRAPH_INSERT_P = 0.5  # a mixed document's medical passage sits inside a paragraph, else between
@@ -108,10 +110,13 @@ def load_labelled_sources() -> tuple[tuple[SourceItem, ...], dict[str, tuple[str
 
 @functools.lru_cache(maxsize=1)
 def load_sources() -> tuple[tuple[SourceItem, ...], dict[str, tuple[str, ...]], dict[str, SourceInfo]]:
-    """The labelled sources plus the MEDLINE abstracts whose domain passage_domains.py can tell."""
+    """The labelled sources plus the MEDLINE abstracts (medicine or biology) and Wikipedia leads
+    (medicine or general) whose domain passage_domains.py can tell."""
     items, lexicon_terms, infos = load_labelled_sources()
-    abstracts, info = sources.load_medline_abstracts()
-    return items + tuple(assign_domains(items, abstracts)), lexicon_terms, {**infos, info.name: info}
+    abstracts, medline = sources.load_medline_abstracts()
+    leads, wikipedia = sources.load_wikipedia_leads()
+    assigned = assign_domains(items, abstracts) + assign_domains(items, leads, other_side=GENERAL)
+    return items + tuple(assigned), lexicon_terms, {**infos, medline.name: medline, wikipedia.name: wikipedia}
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""Domains of an unlabelled prose source (MEDLINE abstracts), from a classifier of the labelled ones.
+"""Domains of the unlabelled prose sources (MEDLINE abstracts, Wikipedia leads), from a classifier of
+the labelled ones.
 
 MEDLINE is the corpus's only real research prose, but its citations are not all medicine: clinical
 studies sit beside work on bacteria, enzymes, ecology or chemistry. Every abstract labelled medicine
@@ -20,6 +21,10 @@ their abstract's side of SENTENCE_CUT are kept (81% of the medicine-side sentenc
 biology-side ones). A regression fitted on the labelled items instead judges sentences of research
 prose poorly (it kept 45% of the medicine-side sentences, dropping "Patients with high IBC and high
 insulin requirements were ...").
+
+Wikipedia leads go through the same two steps with general as the other side: the Vital Articles
+cover every subject, a few hundred of them medicine (diseases, drugs, procedures, physicians), and
+the sentence regression is fitted on the articles' own sentences.
 """
 
 from __future__ import annotations
@@ -82,22 +87,25 @@ def _fold(item_id: str) -> int:
     return hashlib.sha256(item_id.encode()).digest()[0] & 1
 
 
-def side_of(p_medicine: float) -> str | None:
-    """An abstract's domain from the labelled-item regression: medicine or biology when it is
+def side_of(p_medicine: float, other_side: str = RETAIN) -> str | None:
+    """An item's domain from the labelled-item regression: medicine or ``other_side`` when it is
     confident, None (left out) in between."""
-    return FORGET if p_medicine >= MEDICINE_CUT else RETAIN if p_medicine <= RETAIN_CUT else None
+    return FORGET if p_medicine >= MEDICINE_CUT else other_side if p_medicine <= RETAIN_CUT else None
 
 
-def sided_items(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem]) -> list[tuple[SourceItem, str]]:
+def sided_items(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem],
+                other_side: str = RETAIN) -> list[tuple[SourceItem, str]]:
     """The unlabelled items the labelled-item regression is confident about, each with its side."""
     probabilities = MedicineRegression.of_items(labelled).probabilities([_text(i) for i in unlabelled])
-    return [(item, side) for item, p in zip(unlabelled, probabilities) if (side := side_of(p)) is not None]
+    return [(item, side) for item, p in zip(unlabelled, probabilities) if (side := side_of(p, other_side)) is not None]
 
 
-def assign_domains(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem]) -> list[SourceItem]:
-    """The unlabelled items the labelled-item regression is confident about, with their domain set,
-    keeping only the sentences a cross-fitted sentence regression puts on the same side."""
-    sided = [(item, domain, split_sentences(item.definition)) for item, domain in sided_items(labelled, unlabelled)]
+def assign_domains(labelled: Sequence[SourceItem], unlabelled: Sequence[SourceItem], other_side: str = RETAIN) -> list[SourceItem]:
+    """The unlabelled items the labelled-item regression is confident about, with their domain set
+    (medicine or ``other_side``: biology for research abstracts, general for encyclopedia articles
+    on every subject), keeping only the sentences a cross-fitted sentence regression puts on the
+    same side."""
+    sided = [(item, domain, split_sentences(item.definition)) for item, domain in sided_items(labelled, unlabelled, other_side)]
     sentences = [(s, domain == FORGET, _fold(item.item_id)) for item, domain, item_sentences in sided for s in item_sentences]
     sentence_p = iter(cross_fitted_probabilities(*zip(*sentences)) if sentences else ())
     kept = []

