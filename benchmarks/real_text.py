@@ -140,7 +140,7 @@ def drop_seen_passages(passages: list[Passage], corpora: list[Path]) -> tuple[li
             with open(corpus / f"{split}.jsonl", encoding="utf-8") as fh:
                 for line in fh:
                     for gram in word_ngrams(json.loads(line)["text"]):
-                        seen |= owners.get(gram, set())
+                        seen.update(owners.get(gram, ()))
     dropped: dict[str, list[str]] = {}
     for index in sorted(seen):
         dropped.setdefault(passages[index].domain, []).append(passages[index].id)
